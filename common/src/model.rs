@@ -1,0 +1,158 @@
+//! The cluster's nouns as every process sees them: nodes, their GPUs, and the
+//! live samples agents report. Static facts (`*Info`) travel at registration
+//! and are replicated; live samples (`*Telemetry`) travel with heartbeats and
+//! stay in the leader's memory.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Whether a GPU runs in MIG mode, as NVML reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigMode {
+    /// The GPU cannot be partitioned (no MIG support).
+    Unsupported,
+    /// MIG capable, currently off.
+    Disabled,
+    /// MIG on: the GPU is used through MIG instances only.
+    Enabled,
+}
+
+impl MigMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigMode::Unsupported => "unsupported",
+            MigMode::Disabled => "disabled",
+            MigMode::Enabled => "enabled",
+        }
+    }
+}
+
+/// Health of one GPU as the agent judges it (Xid errors, ECC, lost device).
+///
+/// Externally tagged (serde's default) on purpose: postcard is not
+/// self-describing and cannot decode internally or adjacently tagged enums.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuHealth {
+    Healthy,
+    /// Usable but with a warning (for example corrected ECC errors climbing).
+    Degraded(String),
+    /// Must not receive work (uncorrected ECC, fatal Xid, device lost).
+    Unhealthy(String),
+}
+
+impl GpuHealth {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GpuHealth::Healthy => "healthy",
+            GpuHealth::Degraded(_) => "degraded",
+            GpuHealth::Unhealthy(_) => "unhealthy",
+        }
+    }
+}
+
+/// Static description of one GPU, sent when the agent registers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    /// Index on the host, as NVML/`nvidia-smi` number it.
+    pub index: u32,
+    /// `GPU-…` UUID; for `sim` GPUs a stable UUID derived from node and index.
+    pub uuid: String,
+    /// Short model name used in constraints, e.g. `H100-80GB`.
+    pub model: String,
+    pub memory_total_mib: u64,
+    pub mig_mode: MigMode,
+    /// NVLink domain (GPUs in one domain are linked); `None` when not reported.
+    pub nvlink_domain: Option<u32>,
+}
+
+/// One live sample of one GPU.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuTelemetry {
+    pub index: u32,
+    pub memory_used_mib: u64,
+    /// Percent of time a kernel ran during the last sample period (0-100).
+    pub utilization_pct: u32,
+    pub temperature_c: u32,
+    pub power_w: f64,
+    pub health: GpuHealth,
+}
+
+/// Host facts that do not change while the agent runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub cpu_count: u32,
+    pub memory_total_mib: u64,
+    pub os: String,
+    pub kernel: String,
+}
+
+/// Host load, sampled with the GPUs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostTelemetry {
+    pub cpu_usage_pct: f32,
+    pub memory_used_mib: u64,
+}
+
+/// What an agent tells the cluster about its node when it registers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node name; must equal the name in the agent's certificate.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub host: HostInfo,
+    pub gpus: Vec<GpuInfo>,
+    /// `gantry-agent` version string.
+    pub agent_version: String,
+    /// Which GPU backend produced `gpus`: `nvml` or `sim`.
+    pub gpu_backend: String,
+}
+
+/// Liveness of a node as the leader decided it (replicated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    Ready,
+    Down,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Ready => "ready",
+            NodeStatus::Down => "down",
+        }
+    }
+}
+
+/// Validation of names that become identities and keys (node names, labels).
+pub fn validate_name(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{field}: must not be empty"));
+    }
+    if value.len() > 63 {
+        return Err(format!("{field}: {value:?} is longer than 63 characters"));
+    }
+    let ok = value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !ok {
+        return Err(format!("{field}: {value:?} may only hold ASCII letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("name", "gpu-node-01").is_ok());
+        assert!(validate_name("name", "").unwrap_err().contains("empty"));
+        assert!(validate_name("name", "a b").unwrap_err().contains("may only"));
+        assert!(validate_name("name", &"x".repeat(64)).is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! Request/response over QUIC: one bidirectional stream per call.
+//!
+//! Both sides open a connection with a [`Hello`] exchange on its first
+//! stream, so a version mismatch is a clear error and not a decode failure.
+//! Failures are classified on purpose ([`RpcError::is_unreachable`]): a peer
+//! we could not reach is retried elsewhere, a broken call is reported.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::wire::{read_frame, write_frame, FrameError, Hello, HelloReply, PROTOCOL_VERSION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("cannot reach {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("protocol version mismatch with {addr}: we speak {ours}, it speaks {theirs} ({software})")]
+    VersionMismatch { addr: String, ours: u32, theirs: u32, software: String },
+    #[error("connection to {addr} refused the call: {reason}")]
+    Refused { addr: String, reason: String },
+    #[error("call to {addr} timed out after {after:?}")]
+    Timeout { addr: String, after: Duration },
+    #[error("call to {addr} failed: {source}")]
+    Frame { addr: String, source: FrameError },
+    #[error("call to {addr} failed: {reason}")]
+    Stream { addr: String, reason: String },
+}
+
+impl RpcError {
+    /// The peer could not be reached at all (try another one); anything else
+    /// happened after the peer answered.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, RpcError::Unreachable { .. } | RpcError::Timeout { .. })
+    }
+}
+
+/// Connects, checks the peer's protocol version, and returns the connection.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: &str,
+    server_name: &str,
+    software: &str,
+    timeout: Duration,
+) -> Result<(quinn::Connection, HelloReply), RpcError> {
+    let unreachable = |reason: String| RpcError::Unreachable { addr: addr.to_string(), reason };
+    let sock: SocketAddr = addr.parse().map_err(|_| unreachable("not an IP:PORT address".into()))?;
+    let connecting =
+        endpoint.connect_with(config, sock, server_name).map_err(|e| unreachable(e.to_string()))?;
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => return Err(unreachable(format!("no handshake within {timeout:?}"))),
+        Ok(Err(e)) => return Err(classify_connection_error(addr, e)),
+        Ok(Ok(conn)) => conn,
+    };
+    let reply: HelloReply = call(&conn, addr, &Hello::current(software), 64 * 1024, timeout).await?;
+    if let HelloReply::VersionMismatch { ours, theirs, software } = &reply {
+        conn.close(0u32.into(), b"protocol version mismatch");
+        // From our side: we speak `theirs` (what we sent), the peer speaks `ours`.
+        return Err(RpcError::VersionMismatch {
+            addr: addr.to_string(),
+            ours: *theirs,
+            theirs: *ours,
+            software: software.clone(),
+        });
+    }
+    Ok((conn, reply))
+}
+
+/// One call: opens a stream, sends `req`, reads one response frame.
+pub async fn call<Req, Resp>(
+    conn: &quinn::Connection,
+    addr: &str,
+    req: &Req,
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<Resp, RpcError>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned,
+{
+    let work = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify_connection_error(addr, e))?;
+        write_frame(&mut send, req, max_frame)
+            .await
+            .map_err(|source| RpcError::Frame { addr: addr.to_string(), source })?;
+        send.finish().map_err(|e| RpcError::Stream { addr: addr.to_string(), reason: e.to_string() })?;
+        match read_frame::<Resp, _>(&mut recv, max_frame).await {
+            Ok(Some(resp)) => Ok(resp),
+            Ok(None) => Err(RpcError::Stream {
+                addr: addr.to_string(),
+                reason: refusal_reason(conn)
+                    .unwrap_or_else(|| "peer closed the stream without answering".into()),
+            }),
+            Err(FrameError::Io(e)) => Err(match refusal_reason(conn) {
+                Some(reason) => RpcError::Refused { addr: addr.to_string(), reason },
+                None => RpcError::Stream { addr: addr.to_string(), reason: e.to_string() },
+            }),
+            Err(source) => Err(RpcError::Frame { addr: addr.to_string(), source }),
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(RpcError::Timeout { addr: addr.to_string(), after: timeout }))
+}
+
+/// Server side of the first stream: reads the peer's [`Hello`] and answers it.
+/// Returns `Ok(true)` when the versions match.
+pub async fn answer_hello(
+    conn: &quinn::Connection,
+    coordinator_id: u64,
+    software: &str,
+    timeout: Duration,
+) -> Result<bool, RpcError> {
+    let addr = conn.remote_address().to_string();
+    let work = async {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| classify_connection_error(&addr, e))?;
+        let hello: Hello = read_frame(&mut recv, 64 * 1024)
+            .await
+            .map_err(|source| RpcError::Frame { addr: addr.clone(), source })?
+            .ok_or_else(|| RpcError::Stream { addr: addr.clone(), reason: "no hello".into() })?;
+        let ok = hello.protocol_version == PROTOCOL_VERSION;
+        let reply = if ok {
+            HelloReply::Ok { coordinator_id, software: software.to_string() }
+        } else {
+            HelloReply::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: hello.protocol_version,
+                software: software.to_string(),
+            }
+        };
+        write_frame(&mut send, &reply, 64 * 1024)
+            .await
+            .map_err(|source| RpcError::Frame { addr: addr.clone(), source })?;
+        let _ = send.finish();
+        Ok(ok)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(RpcError::Timeout { addr: addr.clone(), after: timeout }))
+}
+
+/// Error code a coordinator closes a connection with when it refuses the peer.
+pub const CLOSE_REFUSED: u32 = 0x4741; // "GA"
+
+/// The reason the peer gave when it closed the connection on purpose.
+pub fn refusal_reason(conn: &quinn::Connection) -> Option<String> {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+            Some(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        Some(quinn::ConnectionError::ConnectionClosed(close)) => {
+            Some(format!("TLS/transport: {}", String::from_utf8_lossy(&close.reason)))
+        }
+        _ => None,
+    }
+}
+
+fn classify_connection_error(addr: &str, e: quinn::ConnectionError) -> RpcError {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(close) => RpcError::Refused {
+            addr: addr.to_string(),
+            reason: String::from_utf8_lossy(&close.reason).into_owned(),
+        },
+        quinn::ConnectionError::ConnectionClosed(close) => RpcError::Refused {
+            addr: addr.to_string(),
+            reason: format!("{} {}", close.error_code, String::from_utf8_lossy(&close.reason)),
+        },
+        quinn::ConnectionError::TransportError(t) => {
+            RpcError::Refused { addr: addr.to_string(), reason: t.to_string() }
+        }
+        other => RpcError::Unreachable { addr: addr.to_string(), reason: other.to_string() },
+    }
+}

@@ -1,0 +1,204 @@
+//! Messages that cross the QUIC endpoint between agents/clients and coordinators.
+//!
+//! Every connection opens with a [`Hello`] on its first stream; the
+//! coordinator answers [`HelloReply`]. After that, each request is one
+//! bidirectional stream: one request frame, one response frame.
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ApiRequest, ApiResponse};
+use crate::model::{GpuTelemetry, HostTelemetry, NodeInfo};
+
+/// Version of the wire protocol. Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// First frame on every connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    /// Software version of the sender, for error messages.
+    pub software: String,
+}
+
+impl Hello {
+    pub fn current(software: &str) -> Hello {
+        Hello { protocol_version: PROTOCOL_VERSION, software: software.to_string() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum HelloReply {
+    Ok { coordinator_id: u64, software: String },
+    VersionMismatch { ours: u32, theirs: u32, software: String },
+}
+
+/// Where the current leader can be reached, as far as the answering coordinator knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderHint {
+    pub id: u64,
+    pub addr: String,
+}
+
+/// Requests an agent sends to the leader.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AgentRequest {
+    /// Registers (or re-registers) the node with its static facts.
+    Register(NodeInfo),
+    /// Liveness plus the latest telemetry sample.
+    Heartbeat(Heartbeat),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node: String,
+    /// Monotonic per agent process; lets the leader drop reordered samples.
+    pub seq: u64,
+    pub host: HostTelemetry,
+    pub gpus: Vec<GpuTelemetry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AgentResponse {
+    Registered,
+    HeartbeatAck,
+    /// The node is not registered (for example after the state was reset): register again.
+    UnknownNode,
+    /// This coordinator is not the leader; try the hinted one.
+    NotLeader {
+        leader: Option<LeaderHint>,
+    },
+    /// The request was refused; the message says why.
+    Refused {
+        reason: String,
+    },
+}
+
+/// Requests a remote operator client sends over `gantry-api/1`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiCall(pub ApiRequest);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiReply(pub Result<ApiResponse, String>);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! Every message must survive postcard, which rejects serde shapes that
+    //! need a self-describing format (tagged enums, `skip_serializing_if`).
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::api::{ClusterStatus, GpuView, MemberRole, MemberView, NodeView};
+    use crate::model::*;
+    use crate::wire::frame::{decode, encode};
+
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(msg: T) {
+        let bytes = encode(&msg, 1 << 20).unwrap();
+        let (back, used) = decode::<T>(&bytes, 1 << 20).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(back, msg);
+    }
+
+    fn node() -> NodeInfo {
+        NodeInfo {
+            name: "n1".into(),
+            labels: BTreeMap::from([("zone".into(), "a".into())]),
+            host: HostInfo {
+                hostname: "h".into(),
+                cpu_count: 8,
+                memory_total_mib: 1024,
+                os: "l".into(),
+                kernel: "6".into(),
+            },
+            gpus: vec![GpuInfo {
+                index: 0,
+                uuid: "GPU-1".into(),
+                model: "H100-80GB".into(),
+                memory_total_mib: 81_559,
+                mig_mode: MigMode::Enabled,
+                nvlink_domain: None,
+            }],
+            agent_version: "0.1.0".into(),
+            gpu_backend: "sim".into(),
+        }
+    }
+
+    #[test]
+    fn agent_messages_round_trip() {
+        round_trip(Hello::current("x"));
+        round_trip(HelloReply::VersionMismatch { ours: 1, theirs: 2, software: "y".into() });
+        round_trip(AgentRequest::Register(node()));
+        for health in
+            [GpuHealth::Healthy, GpuHealth::Degraded("d".into()), GpuHealth::Unhealthy("Xid 79".into())]
+        {
+            round_trip(AgentRequest::Heartbeat(Heartbeat {
+                node: "n1".into(),
+                seq: 7,
+                host: HostTelemetry { cpu_usage_pct: 12.5, memory_used_mib: 100 },
+                gpus: vec![GpuTelemetry {
+                    index: 0,
+                    memory_used_mib: 10,
+                    utilization_pct: 50,
+                    temperature_c: 40,
+                    power_w: 123.4,
+                    health,
+                }],
+            }));
+        }
+        round_trip(AgentResponse::NotLeader {
+            leader: Some(LeaderHint { id: 2, addr: "127.0.0.1:1".into() }),
+        });
+        round_trip(AgentResponse::Refused { reason: "no".into() });
+    }
+
+    #[test]
+    fn api_messages_round_trip() {
+        round_trip(ApiCall(ApiRequest::SetNodeLabels {
+            node: "n1".into(),
+            set: BTreeMap::from([("a".into(), "b".into())]),
+            remove: vec!["c".into()],
+        }));
+        round_trip(ApiReply(Ok(ApiResponse::Status(ClusterStatus {
+            answered_by: 1,
+            leader: Some(1),
+            term: 3,
+            commit_index: Some(9),
+            last_applied: None,
+            members: vec![MemberView {
+                id: 1,
+                address: "a".into(),
+                role: MemberRole::Leader,
+                term: 3,
+                commit_index: None,
+            }],
+        }))));
+        round_trip(ApiReply(Ok(ApiResponse::Nodes(vec![NodeView {
+            name: "n1".into(),
+            status: NodeStatus::Down,
+            heartbeat_age_s: Some(1.5),
+            labels: BTreeMap::new(),
+            cpu_count: 1,
+            memory_total_mib: 1,
+            cpu_usage_pct: None,
+            memory_used_mib: Some(3),
+            gpu_count: 1,
+            gpu_backend: "sim".into(),
+            agent_version: "v".into(),
+        }]))));
+        round_trip(ApiReply(Ok(ApiResponse::Gpus(vec![GpuView {
+            node: "n1".into(),
+            index: 0,
+            uuid: "u".into(),
+            model: "m".into(),
+            memory_total_mib: 1,
+            memory_used_mib: None,
+            utilization_pct: Some(1),
+            temperature_c: None,
+            power_w: Some(1.0),
+            mig_mode: MigMode::Unsupported,
+            health: "healthy".into(),
+            health_reason: None,
+        }]))));
+        round_trip(ApiReply(Err("bad".into())));
+    }
+}
