@@ -1,0 +1,199 @@
+//! Operator settings of a coordinator: a TOML file, overridden by flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use gantry_common::tls::TlsFiles;
+use serde::{Deserialize, Serialize};
+
+/// Everything a coordinator needs to start. Built by [`CoordinatorConfig::load`]
+/// from the file and the flags; [`CoordinatorConfig::validate`] checks it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorConfig {
+    /// Raft member id, unique in the cluster and never reused (1, 2, 3, …).
+    pub id: u64,
+    /// UDP address of the QUIC endpoint.
+    pub listen: SocketAddr,
+    /// Address peers and agents use to reach this coordinator; defaults to `listen`.
+    pub advertise: Option<String>,
+    /// Where the Raft log and state live (`raft.redb`).
+    pub data_dir: PathBuf,
+    /// Unix socket of the admin API (mode 0660, group `gantry` when it exists).
+    pub admin_socket: PathBuf,
+    /// Members that form a new cluster: id → address. Leave empty on a
+    /// coordinator that will be added later with `gantryctl cluster add`.
+    pub initial_members: BTreeMap<u64, String>,
+    /// A node whose heartbeats stop for this long is marked down.
+    pub node_down_after_secs: u64,
+    pub tls: TlsFiles,
+    pub raft: RaftTuning,
+    /// `tracing` filter, e.g. `info` or `gantry_coordinator=debug,info`.
+    pub log_level: String,
+}
+
+/// Raft timing. Defaults suit a LAN: failover in about a second.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and purge the log) after this many applied entries.
+    pub snapshot_after_entries: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_after_entries: 5000,
+        }
+    }
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            id: 0,
+            listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
+            advertise: None,
+            data_dir: PathBuf::from("/var/lib/gantry/coordinator"),
+            admin_socket: PathBuf::from("/run/gantry/coordinator.sock"),
+            initial_members: BTreeMap::new(),
+            node_down_after_secs: 10,
+            tls: TlsFiles {
+                ca: PathBuf::from("/etc/gantry/pki/ca.pem"),
+                cert: PathBuf::from("/etc/gantry/pki/coordinator.pem"),
+                key: PathBuf::from("/etc/gantry/pki/coordinator.key"),
+            },
+            raft: RaftTuning::default(),
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    File(#[from] gantry_common::config::ConfigError),
+    #[error("config: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, reason: reason.into() }
+}
+
+impl CoordinatorConfig {
+    /// The address others use to reach us.
+    pub fn advertise_addr(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// Checks values that serde cannot: ids, timings, member list.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(invalid("id", "must be set to a positive number (each coordinator its own)"));
+        }
+        if self.node_down_after_secs == 0 {
+            return Err(invalid("node_down_after_secs", "must be at least 1"));
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 {
+            return Err(invalid("raft.heartbeat_interval_ms", "must be at least 1"));
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_interval_ms {
+            return Err(invalid(
+                "raft.election_timeout_min_ms",
+                "must be larger than raft.heartbeat_interval_ms",
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err(invalid(
+                "raft.election_timeout_max_ms",
+                "must be larger than raft.election_timeout_min_ms",
+            ));
+        }
+        if !self.initial_members.is_empty() && !self.initial_members.contains_key(&self.id) {
+            return Err(invalid(
+                "initial_members",
+                format!("does not contain this coordinator's own id {}", self.id),
+            ));
+        }
+        for (id, addr) in &self.initial_members {
+            if *id == 0 {
+                return Err(invalid("initial_members", "member ids must be positive"));
+            }
+            if addr.parse::<SocketAddr>().is_err() {
+                return Err(invalid(
+                    "initial_members",
+                    format!("address {addr:?} of member {id} is not IP:PORT"),
+                ));
+            }
+        }
+        if self.advertise_addr().parse::<SocketAddr>().is_err() {
+            return Err(invalid("advertise", format!("{:?} is not IP:PORT", self.advertise_addr())));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `ID=ADDR` as given to `--initial-member`.
+pub fn parse_member(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s.split_once('=').ok_or_else(|| format!("{s:?} is not ID=IP:PORT"))?;
+    let id = id.trim().parse::<u64>().map_err(|_| format!("member id {id:?} is not a number"))?;
+    let addr = addr.trim();
+    addr.parse::<SocketAddr>().map_err(|_| format!("member address {addr:?} is not IP:PORT"))?;
+    Ok((id, addr.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_with_unknown_key_is_refused() {
+        let err =
+            gantry_common::config::parse_toml::<CoordinatorConfig>("id = 1\nlisten_port = 3\n").unwrap_err();
+        assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn file_parses_members_and_defaults() {
+        let cfg: CoordinatorConfig = gantry_common::config::parse_toml(
+            "id = 2\nlisten = \"127.0.0.1:7402\"\n[initial_members]\n1 = \"127.0.0.1:7401\"\n2 = \"127.0.0.1:7402\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.id, 2);
+        assert_eq!(cfg.initial_members.len(), 2);
+        assert_eq!(cfg.node_down_after_secs, 10);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut cfg = CoordinatorConfig::default();
+        assert!(cfg.validate().unwrap_err().to_string().contains("id"));
+        cfg.id = 3;
+        cfg.initial_members.insert(1, "127.0.0.1:1".into());
+        assert!(cfg.validate().unwrap_err().to_string().contains("own id 3"));
+        cfg.initial_members.insert(3, "nowhere".into());
+        assert!(cfg.validate().unwrap_err().to_string().contains("nowhere"));
+        cfg.initial_members.insert(3, "127.0.0.1:3".into());
+        cfg.raft.election_timeout_max_ms = 10;
+        assert!(cfg.validate().unwrap_err().to_string().contains("raft.election_timeout_max_ms"));
+    }
+
+    #[test]
+    fn member_flag_parses() {
+        assert_eq!(parse_member("3=127.0.0.1:7403").unwrap(), (3, "127.0.0.1:7403".to_string()));
+        assert!(parse_member("x=127.0.0.1:1").is_err());
+        assert!(parse_member("3").is_err());
+        assert!(parse_member("3=host").is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! The coordinator's one QUIC endpoint: accepts connections, checks that the
+//! certificate's role may use the connection's ALPN, answers the hello, then
+//! serves one request per bidirectional stream.
+//!
+//! A bad frame resets its own stream; a refused peer gets its connection
+//! closed with a reason; nothing a peer sends can stop the accept loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_common::identity::{PeerIdentity, Role, ALPN_AGENT, ALPN_API, ALPN_RAFT};
+use gantry_common::rpc::{answer_hello, CLOSE_REFUSED};
+use gantry_common::tls;
+use gantry_common::wire::{
+    read_frame, write_frame, AgentRequest, AgentResponse, ApiCall, ApiReply, DEFAULT_MAX_FRAME,
+};
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::peer::messages::{PeerRequest, PeerResponse};
+use crate::peer::PEER_MAX_FRAME;
+use crate::service::Service;
+
+pub const SOFTWARE: &str = concat!("gantry-coordinator ", env!("CARGO_PKG_VERSION"));
+
+/// Most connections served at once (agents + peers + clients).
+const MAX_CONNECTIONS: usize = 16_384;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(endpoint: quinn::Endpoint, service: Service, mut shutdown: watch::Receiver<bool>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+            incoming.refuse();
+            continue;
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            if let Err(reason) = serve_connection(incoming, service).await {
+                debug!(%remote, %reason, "connection ended");
+            }
+            drop(permit);
+        });
+    }
+    endpoint.close(0u32.into(), b"coordinator shutting down");
+}
+
+async fn serve_connection(incoming: quinn::Incoming, service: Service) -> Result<(), String> {
+    let conn = incoming.await.map_err(|e| format!("handshake failed: {e}"))?;
+    let alpn = tls::negotiated_alpn(&conn).unwrap_or_default();
+    let Some(allowed) = Role::for_alpn(&alpn) else {
+        return Err(refuse(&conn, "no Gantry ALPN was negotiated".into()));
+    };
+    let who = match tls::peer_identity(&conn) {
+        Ok(who) => who,
+        Err(e) => return Err(refuse(&conn, format!("certificate carries no Gantry identity: {e}"))),
+    };
+    if who.role != allowed {
+        let reason = format!(
+            "certificate role {} may not use {}; it needs a {} certificate",
+            who.role,
+            String::from_utf8_lossy(&alpn),
+            allowed
+        );
+        warn!(peer = %who, remote = %conn.remote_address(), "refused: {reason}");
+        return Err(refuse(&conn, reason));
+    }
+    match answer_hello(&conn, service.id, SOFTWARE, HELLO_TIMEOUT).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // Give the peer a moment to read the mismatch before the connection goes.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            return Err(refuse(&conn, "protocol version mismatch".into()));
+        }
+        Err(e) => return Err(format!("hello failed: {e}")),
+    }
+    debug!(peer = %who, remote = %conn.remote_address(), "connection accepted");
+    let who = Arc::new(who);
+    loop {
+        let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let service = service.clone();
+        let who = who.clone();
+        let alpn = alpn.clone();
+        tokio::spawn(async move {
+            let result = match alpn.as_slice() {
+                ALPN_RAFT => serve_peer_stream(send, recv, &service).await,
+                ALPN_AGENT => serve_agent_stream(send, recv, &service, &who).await,
+                ALPN_API => serve_api_stream(send, recv, &service).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                debug!(peer = %who, "stream failed: {e}");
+            }
+        });
+    }
+}
+
+fn refuse(conn: &quinn::Connection, reason: String) -> String {
+    conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
+    reason
+}
+
+type StreamResult = Result<(), String>;
+
+async fn serve_peer_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    service: &Service,
+) -> StreamResult {
+    let Some(req) = read_request::<PeerRequest>(&mut send, &mut recv, PEER_MAX_FRAME).await? else {
+        return Ok(());
+    };
+    let resp: PeerResponse = service.handle_peer(req).await;
+    respond(&mut send, &resp, PEER_MAX_FRAME).await
+}
+
+async fn serve_agent_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    service: &Service,
+    who: &PeerIdentity,
+) -> StreamResult {
+    let Some(req) = read_request::<AgentRequest>(&mut send, &mut recv, DEFAULT_MAX_FRAME).await? else {
+        return Ok(());
+    };
+    let resp: AgentResponse = service.handle_agent(who, req).await;
+    if let AgentResponse::Refused { reason } = &resp {
+        info!(peer = %who, "agent request refused: {reason}");
+    }
+    respond(&mut send, &resp, DEFAULT_MAX_FRAME).await
+}
+
+async fn serve_api_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    service: &Service,
+) -> StreamResult {
+    let Some(ApiCall(req)) = read_request::<ApiCall>(&mut send, &mut recv, DEFAULT_MAX_FRAME).await? else {
+        return Ok(());
+    };
+    let resp = ApiReply(service.handle_api(req).await);
+    respond(&mut send, &resp, DEFAULT_MAX_FRAME).await
+}
+
+/// Reads one request; a malformed one resets the stream (and only the stream).
+async fn read_request<T: serde::de::DeserializeOwned>(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Option<T>, String> {
+    match read_frame::<T, _>(recv, max).await {
+        Ok(req) => Ok(req),
+        Err(e) => {
+            let _ = send.reset(1u32.into());
+            let _ = recv.stop(1u32.into());
+            Err(format!("bad request frame: {e}"))
+        }
+    }
+}
+
+async fn respond<T: serde::Serialize>(send: &mut quinn::SendStream, resp: &T, max: usize) -> StreamResult {
+    write_frame(send, resp, max).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())
+}

@@ -1,0 +1,149 @@
+//! `gantry-coordinator`: reads its config, then runs until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use gantry_coordinator::config::{parse_member, CoordinatorConfig};
+use gantry_coordinator::start;
+
+/// Gantry control-plane daemon: replicates cluster state with Raft, serves
+/// agents and peers over QUIC with mutual TLS, and operators on a local admin
+/// socket. Settings come from the TOML file given with --config (default
+/// /etc/gantry/coordinator.toml when it exists); flags override the file.
+#[derive(Parser, Debug)]
+#[command(name = "gantry-coordinator", version, about, long_about)]
+struct Cli {
+    /// TOML config file.
+    #[arg(long, env = "GANTRY_COORDINATOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Raft member id of this coordinator (positive, unique, never reused).
+    #[arg(long)]
+    id: Option<u64>,
+    /// UDP address of the QUIC endpoint, e.g. 0.0.0.0:7400.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Address peers and agents use to reach this coordinator (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Directory for the Raft log and state (raft.redb).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Path of the admin Unix socket.
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// A member of a new cluster as ID=IP:PORT; repeat for each (include this one).
+    #[arg(long = "initial-member", value_parser = parse_member)]
+    initial_members: Vec<(u64, String)>,
+    /// Cluster CA certificate (PEM).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// This coordinator's certificate (PEM), issued with --role coordinator.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// This coordinator's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Mark a node down after this many seconds without heartbeats.
+    #[arg(long)]
+    node_down_after_secs: Option<u64>,
+    /// Log filter, e.g. info or gantry_coordinator=debug,info.
+    #[arg(long, env = "GANTRY_LOG")]
+    log_level: Option<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+const DEFAULT_CONFIG: &str = "/etc/gantry/coordinator.toml";
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = build_config(&cli)?;
+    if cli.print_config {
+        print!("{}", toml::to_string_pretty(&config).context("encoding the config")?);
+        return Ok(());
+    }
+    init_logging(&config.log_level);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    runtime.block_on(async {
+        start::run(config, shutdown_signal(), || tracing::info!("ready")).await.map_err(anyhow::Error::from)
+    })
+}
+
+fn build_config(cli: &Cli) -> anyhow::Result<CoordinatorConfig> {
+    let path = cli.config.clone().or_else(|| {
+        let default = PathBuf::from(DEFAULT_CONFIG);
+        default.exists().then_some(default)
+    });
+    let mut c: CoordinatorConfig = match &path {
+        Some(p) => gantry_common::config::load_toml(p)?,
+        None => CoordinatorConfig::default(),
+    };
+    if let Some(v) = cli.id {
+        c.id = v;
+    }
+    if let Some(v) = cli.listen {
+        c.listen = v;
+    }
+    if let Some(v) = &cli.advertise {
+        c.advertise = Some(v.clone());
+    }
+    if let Some(v) = &cli.data_dir {
+        c.data_dir = v.clone();
+    }
+    if let Some(v) = &cli.admin_socket {
+        c.admin_socket = v.clone();
+    }
+    if !cli.initial_members.is_empty() {
+        c.initial_members = cli.initial_members.iter().cloned().collect();
+    }
+    if let Some(v) = &cli.tls_ca {
+        c.tls.ca = v.clone();
+    }
+    if let Some(v) = &cli.tls_cert {
+        c.tls.cert = v.clone();
+    }
+    if let Some(v) = &cli.tls_key {
+        c.tls.key = v.clone();
+    }
+    if let Some(v) = cli.node_down_after_secs {
+        c.node_down_after_secs = v;
+    }
+    if let Some(v) = &cli.log_level {
+        c.log_level = v.clone();
+    }
+    Ok(c)
+}
+
+/// Logs to stderr; under systemd (JOURNAL_STREAM set) without timestamps or
+/// colours, since journald adds its own.
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if under_journald {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

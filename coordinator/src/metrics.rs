@@ -1,0 +1,87 @@
+//! Prometheus metrics, computed when scraped from Raft metrics, state and telemetry.
+
+use std::sync::atomic::AtomicU64;
+
+use gantry_common::model::NodeStatus;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+use crate::service::Service;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+/// Metric handles; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    term: Gauge,
+    is_leader: Gauge,
+    last_applied: Gauge,
+    nodes: Family<StatusLabel, Gauge>,
+    gpus: Gauge,
+    heartbeats: Counter<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("gantry");
+        let term = Gauge::default();
+        let is_leader = Gauge::default();
+        let last_applied = Gauge::default();
+        let nodes = Family::<StatusLabel, Gauge>::default();
+        let gpus = Gauge::default();
+        let heartbeats = Counter::<u64, AtomicU64>::default();
+        registry.register("raft_term", "Current Raft term", term.clone());
+        registry.register("raft_is_leader", "1 when this coordinator is the leader", is_leader.clone());
+        registry.register("raft_last_applied", "Index of the last applied log entry", last_applied.clone());
+        registry.register("nodes", "Registered nodes by status", nodes.clone());
+        registry.register("gpus", "GPUs on registered nodes", gpus.clone());
+        registry.register(
+            "heartbeats_received",
+            "Agent heartbeats received while leader",
+            heartbeats.clone(),
+        );
+        Metrics { registry: Arc::new(registry), term, is_leader, last_applied, nodes, gpus, heartbeats }
+    }
+
+    /// Refreshes every value and encodes the registry.
+    pub async fn render(&self, service: &Service) -> Result<String, std::fmt::Error> {
+        {
+            let m = service.raft.metrics();
+            let m = m.borrow();
+            self.term.set(m.current_term as i64);
+            self.is_leader.set(i64::from(m.current_leader == Some(service.id)));
+            self.last_applied.set(m.last_applied.map(|l| l.index as i64).unwrap_or(0));
+        }
+        let (ready, down, gpus) = service.state.read(|s| {
+            let ready = s.nodes.values().filter(|n| n.status == NodeStatus::Ready).count();
+            let gpus: usize = s.nodes.values().map(|n| n.info.gpus.len()).sum();
+            (ready, s.nodes.len() - ready, gpus)
+        });
+        self.nodes.get_or_create(&StatusLabel { status: "ready".into() }).set(ready as i64);
+        self.nodes.get_or_create(&StatusLabel { status: "down".into() }).set(down as i64);
+        self.gpus.set(gpus as i64);
+        let received = service.telemetry.lock().heartbeats_received;
+        let counted = self.heartbeats.get();
+        if received > counted {
+            self.heartbeats.inc_by(received - counted);
+        }
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}

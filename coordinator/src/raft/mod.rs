@@ -1,0 +1,35 @@
+//! Raft plumbing: openraft's type config and the adapters that plug our
+//! storage and network into it.
+//!
+//! # Layout
+//!
+//! - [`log_store`]: the Raft log and vote in redb.
+//! - [`state_machine`]: applies committed `Command`s to `State` and keeps it (and snapshots) in redb.
+//! - [`store`]: opens the one redb file that holds both.
+//! - [`network`]: Raft RPCs over QUIC (`gantry-raft/1`).
+//! - [`watchdog`]: forces an election when no leader is seen for too long.
+
+use std::io::Cursor;
+
+use crate::state::{Command, CommandResponse};
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod store;
+pub mod watchdog;
+
+openraft::declare_raft_types!(
+    /// openraft types of a Gantry coordinator cluster.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig>;

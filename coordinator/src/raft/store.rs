@@ -1,0 +1,231 @@
+//! The coordinator's one redb file: Raft log, vote and state machine side by side.
+//!
+//! # Layout
+//!
+//! | table           | key             | value                                              |
+//! |-----------------|-----------------|----------------------------------------------------|
+//! | `raft_meta`     | `format`        | [`FORMAT`], checked on open                        |
+//! |                 | `vote`          | postcard `Vote`                                    |
+//! |                 | `committed`     | postcard `LogId` (absent: none)                    |
+//! |                 | `last_purged`   | postcard `LogId` (absent: none)                    |
+//! | `raft_log`      | log index (u64) | postcard `Entry<TypeConfig>`                       |
+//! | `state_machine` | `machine`       | postcard (last applied, last membership, `State`)  |
+//! |                 | `snapshot_meta` | postcard `SnapshotMeta` of the current snapshot    |
+//! |                 | `snapshot_data` | the snapshot's bytes (same encoding as `machine`)  |
+//!
+//! A redb write transaction is durable when `commit` returns (the default
+//! `Durability::Immediate` fsyncs), so every trait method that must persist
+//! before returning commits one transaction. redb calls block, so they run on
+//! tokio's blocking pool ([`blocking`]), never on a runtime worker.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::{AnyError, StorageError, StorageIOError};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::log_store::LogStore;
+use super::state_machine::StateMachineStore;
+use super::NodeId;
+
+/// What `raft_meta/format` must hold; bump it when an encoding changes.
+pub const FORMAT: &str = "gantry-raft-store/1";
+
+/// Why the store file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open raft store {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::DatabaseError>,
+    },
+    #[error("raft store {}: {source}", path.display())]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error("raft store {}: {what} cannot be decoded (corrupt file?): {source}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("raft store {}: {what} cannot be encoded: {source}", path.display())]
+    Encode {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("raft store {}: file format is {found:?}, this build reads {FORMAT:?}", path.display())]
+    Format { path: PathBuf, found: String },
+    #[error("raft store {}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// Opens (or creates) the store file at `path` and builds the log store and
+/// the state machine on the one database.
+///
+/// The state machine comes back with the state it had persisted, so openraft
+/// only re-applies the entries after its last applied log id.
+pub fn open_store(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let db = Database::create(path)
+        .map_err(|source| StoreError::Open { path: path.to_path_buf(), source: Box::new(source) })?;
+    let db = Arc::new(db);
+    init_tables(&db).map_err(|fault| fault.into_store_error(path))?;
+    let log = LogStore::new(Arc::clone(&db));
+    let sm = StateMachineStore::open(db).map_err(|fault| fault.into_store_error(path))?;
+    Ok((log, sm))
+}
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+pub(crate) const MACHINE: TableDefinition<&str, &[u8]> = TableDefinition::new("state_machine");
+
+pub(crate) type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// A failure inside one storage operation, before it is told which Raft
+/// operation it broke (see [`Fault::io`]). redb's errors are boxed: they are
+/// large and every storage call returns this.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Fault {
+    #[error("redb: {0}")]
+    Db(Box<redb::Error>),
+    #[error("{what} cannot be decoded: {source}")]
+    Decode { what: &'static str, source: postcard::Error },
+    #[error("{what} cannot be encoded: {source}")]
+    Encode { what: &'static str, source: postcard::Error },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("found format {0:?}")]
+    Format(String),
+}
+
+impl Fault {
+    /// Wraps the fault in openraft's error for the operation at hand, e.g.
+    /// `fault.io(StorageIOError::read_logs)`.
+    pub(crate) fn io(self, make: impl FnOnce(AnyError) -> StorageIOError<NodeId>) -> StorageError<NodeId> {
+        make(AnyError::new(&self)).into()
+    }
+
+    fn into_store_error(self, path: &Path) -> StoreError {
+        let path = path.to_path_buf();
+        match self {
+            Fault::Db(source) => StoreError::Database { path, source },
+            Fault::Decode { what, source } => StoreError::Corrupt { path, what, source },
+            Fault::Encode { what, source } => StoreError::Encode { path, what, source },
+            Fault::Invalid(reason) => StoreError::Invalid { path, reason },
+            Fault::Format(found) => StoreError::Format { path, found },
+        }
+    }
+}
+
+macro_rules! fault_from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Fault {
+            fn from(e: $t) -> Self {
+                Fault::Db(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+fault_from_redb!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub(crate) fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, Fault> {
+    postcard::to_allocvec(value).map_err(|source| Fault::Encode { what, source })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Fault> {
+    postcard::from_bytes(bytes).map_err(|source| Fault::Decode { what, source })
+}
+
+/// Runs blocking redb work on tokio's blocking pool. `on_error` names the
+/// Raft operation for openraft's error, both for a fault and for a task that
+/// panicked or was cancelled.
+pub(crate) async fn blocking<T, F>(
+    on_error: fn(AnyError) -> StorageIOError<NodeId>,
+    work: F,
+) -> StorageResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Fault> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(fault)) => Err(fault.io(on_error)),
+        Err(join) => Err(on_error(AnyError::new(&join)).into()),
+    }
+}
+
+/// Creates every table (so read transactions never meet a missing one) and
+/// checks or stamps the format.
+fn init_tables(db: &Database) -> Result<(), Fault> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let found = meta.get("format")?.map(|v| String::from_utf8_lossy(v.value()).into_owned());
+        match found {
+            Some(found) if found != FORMAT => return Err(Fault::Format(found)),
+            Some(_) => {}
+            None => {
+                meta.insert("format", FORMAT.as_bytes())?;
+            }
+        }
+        txn.open_table(LOG)?;
+        txn.open_table(MACHINE)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_format_is_refused_with_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert("format", b"other/9".as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let err = open_store(&path).err().unwrap();
+        assert!(matches!(err, StoreError::Format { .. }), "{err}");
+        assert!(err.to_string().contains("raft.redb") && err.to_string().contains("other/9"), "{err}");
+    }
+
+    #[test]
+    fn reopen_keeps_the_format_and_a_second_open_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let first = open_store(&path).unwrap();
+        let err = open_store(&path).err().unwrap();
+        assert!(matches!(err, StoreError::Open { .. }), "{err}");
+        assert!(err.to_string().contains("raft.redb"), "{err}");
+        drop(first);
+        open_store(&path).unwrap();
+    }
+
+    #[test]
+    fn missing_directory_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent").join("raft.redb");
+        let err = open_store(&path).err().unwrap();
+        assert!(err.to_string().contains("absent/raft.redb"), "{err}");
+    }
+}

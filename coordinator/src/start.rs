@@ -1,0 +1,164 @@
+//! `run`: builds every part of a coordinator and runs them together. Read
+//! this function to see the whole daemon.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_common::identity::{Role, ALPN_AGENT, ALPN_API, ALPN_RAFT};
+use gantry_common::tls::{self, Identity};
+use openraft::{BasicNode, SnapshotPolicy};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::CoordinatorConfig;
+use crate::metrics::Metrics;
+use crate::peer::client::PeerClient;
+use crate::raft::network::PeerNetworkFactory;
+use crate::raft::store::open_store;
+use crate::raft::{watchdog, Raft};
+use crate::service::Service;
+use crate::telemetry::TelemetryStore;
+use crate::{admin, endpoint, leader_loop};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("tls.cert: certificate is for {0}; a coordinator needs a coordinator certificate")]
+    WrongRole(gantry_common::identity::PeerIdentity),
+    #[error("data_dir {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] crate::raft::store::StoreError),
+    #[error("listen {addr}: cannot bind the QUIC endpoint: {reason}")]
+    Bind { addr: String, reason: String },
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Runs a coordinator until `shutdown` completes, then stops every part.
+/// `ready` is called once the admin socket is bound and Raft is running.
+pub async fn run(
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> Result<(), StartError> {
+    config.validate()?;
+    let identity = Identity::load(&config.tls)?;
+    if identity.peer().role != Role::Coordinator {
+        return Err(StartError::WrongRole(identity.peer().clone()));
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let (log_store, state_machine) = open_store(&config.data_dir.join("raft.redb"))?;
+    let state = state_machine.reader();
+
+    let server_config = tls::server_config(&identity, &[ALPN_RAFT, ALPN_AGENT, ALPN_API])?;
+    let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        .map_err(|e| StartError::Bind { addr: config.listen.to_string(), reason: e.to_string() })?;
+    let peers = PeerClient::new(endpoint.clone(), &identity)?;
+
+    let raft_config = raft_config(&config)?;
+    let raft = Raft::new(
+        config.id,
+        raft_config,
+        PeerNetworkFactory { client: peers.clone() },
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+    initialize_if_new(&raft, &config).await?;
+
+    let service = Service {
+        id: config.id,
+        raft: raft.clone(),
+        state,
+        telemetry: TelemetryStore::new(Duration::from_secs(config.node_down_after_secs)),
+        peers,
+    };
+    let admin_listener = admin::bind(&config.admin_socket)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(endpoint::serve(endpoint.clone(), service.clone(), stop_rx.clone()));
+    tasks.spawn(leader_loop::run(service.clone(), stop_rx.clone()));
+    tasks.spawn(watchdog::run(
+        raft.clone(),
+        config.id,
+        Duration::from_millis(config.raft.election_timeout_max_ms),
+        stop_rx.clone(),
+    ));
+    {
+        let (service, stop_rx) = (service.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            if let Err(e) = admin::serve(admin_listener, service, Metrics::new(), stop_rx).await {
+                warn!("admin socket stopped: {e}");
+            }
+        });
+    }
+    info!(
+        id = config.id,
+        listen = %config.listen,
+        advertise = %config.advertise_addr(),
+        admin_socket = %config.admin_socket.display(),
+        "coordinator running"
+    );
+    ready();
+
+    shutdown.await;
+    info!(id = config.id, "shutting down");
+    let _ = stop_tx.send(true);
+    if let Err(e) = raft.shutdown().await {
+        warn!("raft shutdown: {e}");
+    }
+    while tasks.join_next().await.is_some() {}
+    // Let peers see our close frames, without waiting out their idle timeouts.
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    let _ = std::fs::remove_file(&config.admin_socket);
+    info!(id = config.id, "stopped");
+    Ok(())
+}
+
+fn raft_config(config: &CoordinatorConfig) -> Result<Arc<openraft::Config>, StartError> {
+    let r = &config.raft;
+    let c = openraft::Config {
+        cluster_name: "gantry".to_string(),
+        heartbeat_interval: r.heartbeat_interval_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: 1000,
+        install_snapshot_timeout: 2000,
+        ..Default::default()
+    };
+    Ok(Arc::new(c.validate().map_err(|e| StartError::Raft(e.to_string()))?))
+}
+
+/// Forms a new cluster from `initial_members` when this store has never been
+/// part of one. Every initial member may do this: they write the same first
+/// membership entry, and openraft refuses it once a log exists.
+async fn initialize_if_new(raft: &Raft, config: &CoordinatorConfig) -> Result<(), StartError> {
+    if config.initial_members.is_empty() {
+        info!(id = config.id, "no initial members configured; waiting to be added to a cluster");
+        return Ok(());
+    }
+    if raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
+        return Ok(());
+    }
+    let members: BTreeMap<u64, BasicNode> =
+        config.initial_members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+    info!(id = config.id, members = ?config.initial_members, "forming a new cluster");
+    if let Err(e) = raft.initialize(members).await {
+        // Another member's entry reached us first: that's the cluster we wanted.
+        info!("initialize: {e}");
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! `apply`: the deterministic state transition.
+
+use gantry_common::model::{validate_name, NodeStatus};
+
+use super::{Command, CommandResponse, NodeRecord, State};
+
+/// Most labels a node may carry.
+pub const MAX_LABELS: usize = 64;
+
+/// Applies one command to the state.
+pub fn apply(state: &mut State, command: &Command) -> CommandResponse {
+    match command {
+        Command::RegisterNode { info } => {
+            if let Err(reason) = validate_name("node.name", &info.name) {
+                return CommandResponse::Rejected { reason };
+            }
+            match state.nodes.get_mut(&info.name) {
+                Some(record) => {
+                    record.info = info.clone();
+                    record.status = NodeStatus::Ready;
+                    record.registrations += 1;
+                }
+                None => {
+                    state.nodes.insert(
+                        info.name.clone(),
+                        NodeRecord {
+                            info: info.clone(),
+                            status: NodeStatus::Ready,
+                            operator_labels: Default::default(),
+                            registrations: 1,
+                        },
+                    );
+                }
+            }
+            CommandResponse::Applied
+        }
+        Command::SetNodeStatus { node, status } => match state.nodes.get_mut(node) {
+            None => CommandResponse::Rejected { reason: format!("node {node:?} is not registered") },
+            Some(record) if record.status == *status => CommandResponse::Unchanged,
+            Some(record) => {
+                record.status = *status;
+                CommandResponse::Applied
+            }
+        },
+        Command::SetNodeLabels { node, set, remove } => {
+            let Some(record) = state.nodes.get(node) else {
+                return CommandResponse::Rejected { reason: format!("node {node:?} is not registered") };
+            };
+            for (key, value) in set {
+                if let Err(reason) = validate_name("labels key", key) {
+                    return CommandResponse::Rejected { reason };
+                }
+                if value.len() > 253 {
+                    return CommandResponse::Rejected {
+                        reason: format!("labels value of {key:?} is longer than 253 characters"),
+                    };
+                }
+            }
+            let mut labels = record.operator_labels.clone();
+            for key in remove {
+                labels.remove(key);
+            }
+            labels.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            if labels.len() > MAX_LABELS {
+                return CommandResponse::Rejected {
+                    reason: format!("labels: a node may carry at most {MAX_LABELS} operator labels"),
+                };
+            }
+            if labels == record.operator_labels {
+                return CommandResponse::Unchanged;
+            }
+            if let Some(record) = state.nodes.get_mut(node) {
+                record.operator_labels = labels;
+            }
+            CommandResponse::Applied
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use gantry_common::model::{GpuInfo, HostInfo, MigMode, NodeInfo};
+
+    use super::*;
+
+    fn info(name: &str, gpus: u32) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+            host: HostInfo {
+                hostname: name.into(),
+                cpu_count: 32,
+                memory_total_mib: 256 * 1024,
+                os: "linux".into(),
+                kernel: "6.1".into(),
+            },
+            gpus: (0..gpus)
+                .map(|i| GpuInfo {
+                    index: i,
+                    uuid: format!("GPU-{name}-{i}"),
+                    model: "H100-80GB".into(),
+                    memory_total_mib: 81_559,
+                    mig_mode: MigMode::Disabled,
+                    nvlink_domain: Some(0),
+                })
+                .collect(),
+            agent_version: "0.1.0".into(),
+            gpu_backend: "sim".into(),
+        }
+    }
+
+    #[test]
+    fn register_then_reregister_keeps_operator_labels() {
+        let mut s = State::default();
+        assert_eq!(apply(&mut s, &Command::RegisterNode { info: info("n1", 8) }), CommandResponse::Applied);
+        let set = BTreeMap::from([("zone".to_string(), "b".to_string())]);
+        apply(&mut s, &Command::SetNodeLabels { node: "n1".into(), set, remove: vec![] });
+        apply(&mut s, &Command::SetNodeStatus { node: "n1".into(), status: NodeStatus::Down });
+        apply(&mut s, &Command::RegisterNode { info: info("n1", 4) });
+        let n = &s.nodes["n1"];
+        assert_eq!(n.status, NodeStatus::Ready, "re-registration makes the node ready");
+        assert_eq!(n.info.gpus.len(), 4, "re-registration replaces the facts");
+        assert_eq!(n.registrations, 2);
+        assert_eq!(n.labels()["zone"], "b", "operator label wins over agent label");
+    }
+
+    #[test]
+    fn bad_node_name_is_rejected_without_change() {
+        let mut s = State::default();
+        let r = apply(&mut s, &Command::RegisterNode { info: info("bad name", 1) });
+        assert!(matches!(r, CommandResponse::Rejected { reason } if reason.contains("node.name")));
+        assert!(s.nodes.is_empty());
+    }
+
+    #[test]
+    fn status_of_unknown_node_is_rejected() {
+        let mut s = State::default();
+        let r = apply(&mut s, &Command::SetNodeStatus { node: "ghost".into(), status: NodeStatus::Down });
+        assert!(matches!(r, CommandResponse::Rejected { .. }));
+    }
+
+    #[test]
+    fn status_change_is_idempotent() {
+        let mut s = State::default();
+        apply(&mut s, &Command::RegisterNode { info: info("n1", 1) });
+        let down = Command::SetNodeStatus { node: "n1".into(), status: NodeStatus::Down };
+        assert_eq!(apply(&mut s, &down), CommandResponse::Applied);
+        assert_eq!(apply(&mut s, &down), CommandResponse::Unchanged);
+        assert_eq!(s.nodes["n1"].status, NodeStatus::Down);
+    }
+
+    #[test]
+    fn labels_set_and_remove() {
+        let mut s = State::default();
+        apply(&mut s, &Command::RegisterNode { info: info("n1", 1) });
+        let set = BTreeMap::from([
+            ("rack".to_string(), "r7".to_string()),
+            ("tier".to_string(), "gold".to_string()),
+        ]);
+        assert_eq!(
+            apply(&mut s, &Command::SetNodeLabels { node: "n1".into(), set: set.clone(), remove: vec![] }),
+            CommandResponse::Applied
+        );
+        assert_eq!(
+            apply(&mut s, &Command::SetNodeLabels { node: "n1".into(), set, remove: vec![] }),
+            CommandResponse::Unchanged
+        );
+        apply(
+            &mut s,
+            &Command::SetNodeLabels { node: "n1".into(), set: BTreeMap::new(), remove: vec!["tier".into()] },
+        );
+        assert_eq!(s.nodes["n1"].operator_labels.len(), 1);
+        assert_eq!(s.nodes["n1"].operator_labels["rack"], "r7");
+    }
+
+    #[test]
+    fn bad_label_key_is_rejected_without_change() {
+        let mut s = State::default();
+        apply(&mut s, &Command::RegisterNode { info: info("n1", 1) });
+        let before = s.clone();
+        let set = BTreeMap::from([("bad key".to_string(), "v".to_string())]);
+        let r = apply(&mut s, &Command::SetNodeLabels { node: "n1".into(), set, remove: vec![] });
+        assert!(matches!(r, CommandResponse::Rejected { reason } if reason.contains("labels key")));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn too_many_labels_rejected() {
+        let mut s = State::default();
+        apply(&mut s, &Command::RegisterNode { info: info("n1", 1) });
+        let set: BTreeMap<_, _> = (0..=MAX_LABELS).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        let r = apply(&mut s, &Command::SetNodeLabels { node: "n1".into(), set, remove: vec![] });
+        assert!(matches!(r, CommandResponse::Rejected { .. }));
+        assert!(s.nodes["n1"].operator_labels.is_empty());
+    }
+}
