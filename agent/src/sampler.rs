@@ -1,0 +1,97 @@
+//! Takes one telemetry sample of the host and its GPUs, and keeps the latest
+//! one for the local `/metrics` endpoint.
+
+use std::sync::{Arc, Mutex};
+
+use gantry_common::model::{GpuInfo, GpuTelemetry, HostTelemetry, NodeInfo};
+use gantry_common::wire::Heartbeat;
+use tracing::warn;
+
+use crate::gpu::GpuBackend;
+use crate::host::HostSampler;
+
+/// What the agent last saw and where it reports; shared with `/metrics`.
+/// A std `Mutex`: nothing awaits while it is held.
+#[derive(Clone, Default)]
+pub struct AgentStatus {
+    inner: Arc<Mutex<StatusInner>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StatusInner {
+    pub gpus: Vec<GpuInfo>,
+    pub host: Option<HostTelemetry>,
+    pub telemetry: Vec<GpuTelemetry>,
+    /// Address of the coordinator the agent is registered with, if any.
+    pub leader: Option<String>,
+    pub heartbeats_sent: u64,
+}
+
+impl AgentStatus {
+    pub fn snapshot(&self) -> StatusInner {
+        self.lock().clone()
+    }
+
+    pub fn set_leader(&self, leader: Option<String>) {
+        self.lock().leader = leader;
+    }
+
+    pub fn count_heartbeat(&self) {
+        self.lock().heartbeats_sent += 1;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct Sampler {
+    gpus: Box<dyn GpuBackend>,
+    host: HostSampler,
+    node: String,
+    seq: u64,
+    status: AgentStatus,
+}
+
+impl Sampler {
+    pub fn new(gpus: Box<dyn GpuBackend>, host: HostSampler, node: String, status: AgentStatus) -> Sampler {
+        Sampler { gpus, host, node, seq: 0, status }
+    }
+
+    /// The node's static facts, for registration.
+    pub fn node_info(
+        &self,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<NodeInfo, crate::gpu::GpuError> {
+        let gpus = self.gpus.inventory()?;
+        self.status.lock().gpus = gpus.clone();
+        Ok(NodeInfo {
+            name: self.node.clone(),
+            labels,
+            host: self.host.info(),
+            gpus,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            gpu_backend: self.gpus.name().to_string(),
+        })
+    }
+
+    /// Samples everything and builds the next heartbeat. A GPU sampling
+    /// failure is logged and reported as no GPU telemetry, so liveness still flows.
+    pub fn heartbeat(&mut self) -> Heartbeat {
+        self.seq += 1;
+        let gpus = match self.gpus.sample() {
+            Ok(g) => g,
+            Err(e) => {
+                warn!("GPU sampling failed: {e}");
+                Vec::new()
+            }
+        };
+        let host = self.host.sample();
+        {
+            let mut s = self.status.lock();
+            s.host = Some(host.clone());
+            s.telemetry = gpus.clone();
+        }
+        Heartbeat { node: self.node.clone(), seq: self.seq, host, gpus }
+    }
+}

@@ -1,0 +1,207 @@
+//! The agent's link to the control plane: find the leader among the
+//! configured coordinators, register, then heartbeat every interval. When the
+//! leader dies or steps down, move to the one it names (or the next address).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gantry_common::identity::ALPN_AGENT;
+use gantry_common::rpc::{self, RpcError};
+use gantry_common::tls::{self, Identity, COORDINATOR_SERVER_NAME};
+use gantry_common::wire::{AgentRequest, AgentResponse, DEFAULT_MAX_FRAME};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::sampler::{AgentStatus, Sampler};
+
+const SOFTWARE: &str = concat!("gantry-agent ", env!("CARGO_PKG_VERSION"));
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+const REFUSED_BACKOFF: Duration = Duration::from_secs(5);
+
+pub struct Session {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    coordinators: Vec<String>,
+    labels: BTreeMap<String, String>,
+    interval: Duration,
+    status: AgentStatus,
+    /// Next address to try when no leader is hinted.
+    next: usize,
+    /// Leader named by the last coordinator we spoke to.
+    hint: Option<String>,
+    failures: u32,
+}
+
+/// Why a connection to a coordinator ended.
+enum End {
+    /// Another coordinator leads: go there.
+    Redirect(Option<String>),
+    /// Something failed: try the next coordinator after a pause.
+    Failed(String),
+    /// The coordinator refused us on purpose; retry slowly.
+    Refused(String),
+    Shutdown,
+}
+
+impl Session {
+    pub fn new(
+        identity: &Identity,
+        coordinators: Vec<String>,
+        labels: BTreeMap<String, String>,
+        interval: Duration,
+        status: AgentStatus,
+    ) -> Result<Session, crate::start::StartError> {
+        let endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+            .map_err(|e| crate::start::StartError::Endpoint(e.to_string()))?;
+        let config = tls::client_config(identity, ALPN_AGENT)?;
+        let next = fastrand::usize(..coordinators.len().max(1));
+        Ok(Session {
+            endpoint,
+            config,
+            coordinators,
+            labels,
+            interval,
+            status,
+            next,
+            hint: None,
+            failures: 0,
+        })
+    }
+
+    /// Reports until `shutdown` turns true.
+    pub async fn run(mut self, sampler: &mut Sampler, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let addr = self.pick();
+            let end = self.serve_one(&addr, sampler, &mut shutdown).await;
+            self.status.set_leader(None);
+            let pause = match end {
+                End::Shutdown => break,
+                End::Redirect(Some(leader)) if leader != addr => {
+                    debug!(%addr, %leader, "redirected to the leader");
+                    self.hint = Some(leader);
+                    self.failures = 0;
+                    Duration::ZERO
+                }
+                End::Redirect(_) => {
+                    debug!(%addr, "no leader known yet");
+                    Duration::from_millis(300)
+                }
+                End::Failed(reason) => {
+                    self.failures += 1;
+                    warn!(%addr, "coordinator link lost: {reason}");
+                    Duration::from_millis(200 * u64::from(self.failures.min(10)))
+                }
+                End::Refused(reason) => {
+                    error!(%addr, "coordinator refused this agent: {reason}");
+                    REFUSED_BACKOFF
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+        }
+        self.endpoint.close(0u32.into(), b"agent stopping");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    fn pick(&mut self) -> String {
+        if let Some(hint) = self.hint.take() {
+            return hint;
+        }
+        let addr = self.coordinators[self.next % self.coordinators.len()].clone();
+        self.next = self.next.wrapping_add(1);
+        addr
+    }
+
+    async fn serve_one(
+        &mut self,
+        addr: &str,
+        sampler: &mut Sampler,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
+        let conn = match rpc::connect(
+            &self.endpoint,
+            self.config.clone(),
+            addr,
+            COORDINATOR_SERVER_NAME,
+            SOFTWARE,
+            CONNECT_TIMEOUT,
+        )
+        .await
+        {
+            Ok((conn, _)) => conn,
+            Err(e @ (RpcError::Refused { .. } | RpcError::VersionMismatch { .. })) => {
+                return End::Refused(e.to_string())
+            }
+            Err(e) => return End::Failed(e.to_string()),
+        };
+        let end = self.report(&conn, addr, sampler, shutdown).await;
+        conn.close(0u32.into(), b"agent moving on");
+        end
+    }
+
+    async fn report(
+        &mut self,
+        conn: &quinn::Connection,
+        addr: &str,
+        sampler: &mut Sampler,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
+        let info = match sampler.node_info(self.labels.clone()) {
+            Ok(info) => info,
+            Err(e) => return End::Failed(format!("reading GPU inventory: {e}")),
+        };
+        match self.call(conn, addr, AgentRequest::Register(info)).await {
+            Ok(AgentResponse::Registered) => {
+                info!(%addr, "registered with the leader");
+                self.failures = 0;
+                self.status.set_leader(Some(addr.to_string()));
+            }
+            Ok(other) => return self.unexpected(other),
+            Err(e) => return e,
+        }
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return End::Shutdown,
+            }
+            let hb = sampler.heartbeat();
+            match self.call(conn, addr, AgentRequest::Heartbeat(hb)).await {
+                Ok(AgentResponse::HeartbeatAck) => self.status.count_heartbeat(),
+                Ok(AgentResponse::UnknownNode) => {
+                    // The leader lost our registration (e.g. a fresh cluster): register again here.
+                    return End::Redirect(Some(addr.to_string()));
+                }
+                Ok(other) => return self.unexpected(other),
+                Err(e) => return e,
+            }
+        }
+    }
+
+    async fn call(
+        &self,
+        conn: &quinn::Connection,
+        addr: &str,
+        req: AgentRequest,
+    ) -> Result<AgentResponse, End> {
+        rpc::call(conn, addr, &req, DEFAULT_MAX_FRAME, CALL_TIMEOUT).await.map_err(|e| match e {
+            RpcError::Refused { reason, .. } => End::Refused(reason),
+            e => End::Failed(e.to_string()),
+        })
+    }
+
+    fn unexpected(&self, resp: AgentResponse) -> End {
+        match resp {
+            AgentResponse::NotLeader { leader } => End::Redirect(leader.map(|l| l.addr)),
+            AgentResponse::Refused { reason } => End::Refused(reason),
+            other => End::Failed(format!("unexpected answer {other:?}")),
+        }
+    }
+}
