@@ -1,0 +1,145 @@
+//! What `gantryctl dev` writes before it starts anything: certificates, one
+//! config file per process, free loopback ports.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use gantry_common::identity::Role;
+use gantry_common::tls::{self, TlsFiles};
+use serde::Serialize;
+
+/// One process of the dev cluster, as planned.
+#[derive(Clone, Debug)]
+pub struct ProcessPlan {
+    pub role: Role,
+    pub name: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub listen: String,
+    pub admin_socket: Option<PathBuf>,
+}
+
+/// Writes the PKI and every config under `dir`; returns the plan of processes.
+pub fn prepare(dir: &Path, coordinators: u32, agents: u32, gpus: &str) -> anyhow::Result<Vec<ProcessPlan>> {
+    let pki = dir.join("pki");
+    if pki.join("ca.pem").exists() {
+        bail!("{} already holds a dev cluster; pass a fresh --dir or remove it", dir.display());
+    }
+    tls::init_ca(&pki, "gantry-dev").context("creating the cluster CA")?;
+    let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    tls::issue(&pki, Role::Operator, "dev-operator", &[], 30).context("issuing the operator certificate")?;
+
+    let ports: Vec<SocketAddr> = (0..coordinators).map(|_| free_udp()).collect::<anyhow::Result<_>>()?;
+    let members: BTreeMap<u64, String> =
+        ports.iter().enumerate().map(|(i, p)| (i as u64 + 1, p.to_string())).collect();
+    let mut plan = Vec::new();
+    for (i, listen) in ports.iter().enumerate() {
+        let id = i as u64 + 1;
+        let name = format!("coordinator-{id}");
+        let home = dir.join(&name);
+        std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+        let files = tls::issue(&pki, Role::Coordinator, &name, &sans, 30)
+            .context("issuing a coordinator certificate")?;
+        let admin_socket = home.join("admin.sock");
+        check_socket_path(&admin_socket)?;
+        let config = CoordinatorFile {
+            id,
+            listen: listen.to_string(),
+            data_dir: home.join("data"),
+            admin_socket: admin_socket.clone(),
+            initial_members: members.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            node_down_after_secs: 10,
+            tls: files,
+        };
+        let path = home.join("coordinator.toml");
+        write_toml(&path, &config)?;
+        plan.push(ProcessPlan {
+            role: Role::Coordinator,
+            name,
+            config: path,
+            log: home.join("log"),
+            listen: listen.to_string(),
+            admin_socket: Some(admin_socket),
+        });
+    }
+    for i in 1..=agents {
+        let name = format!("node-{i}");
+        let home = dir.join(&name);
+        std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+        let files = tls::issue(&pki, Role::Agent, &name, &[], 30).context("issuing an agent certificate")?;
+        let metrics = free_tcp()?;
+        let config = AgentFile {
+            node_name: name.clone(),
+            coordinators: members.values().cloned().collect(),
+            data_dir: home.join("data"),
+            telemetry_interval_ms: 1000,
+            gpu_backend: "sim",
+            sim_gpus: gpus.to_string(),
+            metrics_listen: metrics.to_string(),
+            labels: BTreeMap::from([("dev".to_string(), "true".to_string())]),
+            tls: files,
+        };
+        let path = home.join("agent.toml");
+        write_toml(&path, &config)?;
+        plan.push(ProcessPlan {
+            role: Role::Agent,
+            name,
+            config: path,
+            log: home.join("log"),
+            listen: metrics.to_string(),
+            admin_socket: None,
+        });
+    }
+    Ok(plan)
+}
+
+#[derive(Serialize)]
+struct CoordinatorFile {
+    id: u64,
+    listen: String,
+    data_dir: PathBuf,
+    admin_socket: PathBuf,
+    node_down_after_secs: u64,
+    initial_members: BTreeMap<String, String>,
+    tls: TlsFiles,
+}
+
+#[derive(Serialize)]
+struct AgentFile {
+    node_name: String,
+    coordinators: Vec<String>,
+    data_dir: PathBuf,
+    telemetry_interval_ms: u64,
+    gpu_backend: &'static str,
+    sim_gpus: String,
+    metrics_listen: String,
+    labels: BTreeMap<String, String>,
+    tls: TlsFiles,
+}
+
+fn write_toml<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let text = toml::to_string_pretty(value).context("encoding a config")?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A free loopback UDP port: bound, read, released. Another process could
+/// take it in between; on loopback in a dev cluster that risk is accepted.
+fn free_udp() -> anyhow::Result<SocketAddr> {
+    let s = UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port")?;
+    s.local_addr().context("reading a free UDP port")
+}
+
+fn free_tcp() -> anyhow::Result<SocketAddr> {
+    let s = TcpListener::bind("127.0.0.1:0").context("finding a free TCP port")?;
+    s.local_addr().context("reading a free TCP port")
+}
+
+/// Unix socket paths are limited to 107 bytes.
+fn check_socket_path(path: &Path) -> anyhow::Result<()> {
+    if path.as_os_str().len() > 100 {
+        bail!("--dir {}: too long for a Unix socket path inside it; use a shorter directory", path.display());
+    }
+    Ok(())
+}
