@@ -12,7 +12,10 @@ use crate::model::{MigMode, NodeStatus};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ApiRequest {
+    /// The cluster as the leader sees it (forwarded when a leader is known).
     Status,
+    /// This coordinator's own view, never forwarded.
+    LocalStatus,
     Nodes,
     Gpus,
     /// Sets and removes operator labels on a node.

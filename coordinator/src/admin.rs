@@ -5,7 +5,7 @@
 //!
 //! | method | path                          | request                              |
 //! |--------|-------------------------------|--------------------------------------|
-//! | GET    | `/v1/status`                  | `Status`                             |
+//! | GET    | `/v1/status[?local=true]`     | `Status` / `LocalStatus`             |
 //! | GET    | `/v1/nodes`                   | `Nodes`                              |
 //! | GET    | `/v1/gpus`                    | `Gpus`                               |
 //! | PUT    | `/v1/nodes/{name}/labels`     | `SetNodeLabels` (`{"set":{},"remove":[]}`) |
@@ -19,7 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path as UrlPath, State as AxState};
+use axum::extract::{Path as UrlPath, Query, State as AxState};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -110,8 +110,15 @@ struct MemberBody {
     addr: String,
 }
 
-async fn status(AxState(s): AxState<AdminState>) -> Response {
-    run(&s, ApiRequest::Status).await
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    #[serde(default)]
+    local: bool,
+}
+
+async fn status(AxState(s): AxState<AdminState>, Query(q): Query<StatusQuery>) -> Response {
+    run(&s, if q.local { ApiRequest::LocalStatus } else { ApiRequest::Status }).await
 }
 
 async fn nodes(AxState(s): AxState<AdminState>) -> Response {

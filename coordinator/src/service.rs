@@ -50,13 +50,24 @@ pub struct Service {
 impl Service {
     /// Serves an operator request, forwarding it to the leader when needed.
     pub async fn handle_api(&self, req: ApiRequest) -> Result<ApiResponse, String> {
+        if req == ApiRequest::LocalStatus {
+            return self.execute_api(req).await;
+        }
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             if self.is_leader() {
                 return self.execute_api(req).await;
             }
             match self.leader_hint() {
-                Some(hint) => return self.forward(&hint, req).await,
+                Some(hint) if req.is_write() => return self.forward(&hint, req).await,
+                Some(hint) => {
+                    // A read falls back to local state when the leader is unreachable
+                    // (it may have just died): any coordinator answers.
+                    return match self.forward(&hint, req.clone()).await {
+                        Ok(resp) => Ok(resp),
+                        Err(_) => self.execute_api(req).await,
+                    };
+                }
                 // Reads are still answered without a leader, from local state.
                 None if !req.is_write() => return self.execute_api(req).await,
                 None if Instant::now() >= deadline => {
@@ -165,7 +176,7 @@ impl Service {
     /// Executes a request here: on the leader, or a read without a leader.
     async fn execute_api(&self, req: ApiRequest) -> Result<ApiResponse, String> {
         match req {
-            ApiRequest::Status => Ok(ApiResponse::Status(self.status().await)),
+            ApiRequest::Status | ApiRequest::LocalStatus => Ok(ApiResponse::Status(self.status().await)),
             ApiRequest::Nodes => Ok(ApiResponse::Nodes(self.node_views())),
             ApiRequest::Gpus => Ok(ApiResponse::Gpus(self.gpu_views())),
             ApiRequest::SetNodeLabels { node, set, remove } => {

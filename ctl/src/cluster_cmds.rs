@@ -10,8 +10,8 @@ use serde_json::Value;
 use crate::admin_client::AdminClient;
 use crate::table::{opt, render};
 
-pub async fn status(client: &AdminClient, json: bool) -> anyhow::Result<()> {
-    let s: ClusterStatus = client.get("/v1/status").await?;
+pub async fn status(client: &AdminClient, local: bool, json: bool) -> anyhow::Result<()> {
+    let s: ClusterStatus = client.get(if local { "/v1/status?local=true" } else { "/v1/status" }).await?;
     if json {
         return print_json(&s);
     }

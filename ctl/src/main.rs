@@ -43,8 +43,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Coordinators: id, address, role, term, commit index.
-    Status,
+    /// Coordinators: id, address, role, term, commit index (as the leader sees them).
+    Status {
+        /// Ask only the coordinator behind --socket about itself (its own term,
+        /// commit index and applied index), without going to the leader.
+        #[arg(long)]
+        local: bool,
+    },
     /// Nodes: status, last heartbeat, labels, CPU, memory, GPUs.
     Nodes,
     /// GPUs on every node with live telemetry.
@@ -106,7 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     runtime.block_on(async move {
         match cli.command {
-            Cmd::Status => cluster_cmds::status(&client, json).await,
+            Cmd::Status { local } => cluster_cmds::status(&client, local, json).await,
             Cmd::Nodes => cluster_cmds::nodes(&client, json).await,
             Cmd::Gpus => cluster_cmds::gpus(&client, json).await,
             Cmd::Label { node, changes } => cluster_cmds::label(&client, &node, &changes, json).await,

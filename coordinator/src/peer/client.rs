@@ -1,7 +1,11 @@
-//! Cached QUIC connections from this coordinator to the others.
+//! Connections from this coordinator to the others.
 //!
-//! A connection is made on first use and kept; a failed call drops it so the
-//! next call reconnects. The cache is a std `Mutex`: nothing awaits under it.
+//! Each peer address gets one connector task that owns the connection: it
+//! connects, publishes the connection on a watch channel, waits for it to
+//! close, and connects again with backoff. Callers only wait (bounded by
+//! their own timeout) for a live connection. This matters because openraft
+//! cancels an RPC at its TTL (100 ms for heartbeats): a handshake tied to
+//! the RPC's future would be cancelled with it and might never finish.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,17 +14,24 @@ use std::time::Duration;
 use gantry_common::identity::ALPN_RAFT;
 use gantry_common::rpc::{self, RpcError};
 use gantry_common::tls::{self, Identity, COORDINATOR_SERVER_NAME};
+use tokio::sync::watch;
+use tracing::debug;
 
 use super::messages::{PeerRequest, PeerResponse};
 use super::PEER_MAX_FRAME;
 
 const SOFTWARE: &str = concat!("gantry-coordinator ", env!("CARGO_PKG_VERSION"));
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+type Slot = watch::Receiver<Option<quinn::Connection>>;
 
 #[derive(Clone)]
 pub struct PeerClient {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
-    connections: Arc<Mutex<HashMap<String, quinn::Connection>>>,
+    /// One slot per peer address. A std `Mutex`: nothing awaits under it.
+    peers: Arc<Mutex<HashMap<String, Slot>>>,
 }
 
 impl PeerClient {
@@ -28,7 +39,7 @@ impl PeerClient {
         Ok(PeerClient {
             endpoint,
             config: tls::client_config(identity, ALPN_RAFT)?,
-            connections: Arc::new(Mutex::new(HashMap::new())),
+            peers: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -41,41 +52,89 @@ impl PeerClient {
     ) -> Result<PeerResponse, RpcError> {
         let conn = self.connection(addr, timeout).await?;
         let result = rpc::call(&conn, addr, req, PEER_MAX_FRAME, timeout).await;
-        if result.is_err() {
-            self.forget(addr, &conn);
+        if let Err(e) = &result {
+            if !matches!(e, RpcError::Timeout { .. }) {
+                // A broken connection: close it so the connector makes a fresh one.
+                conn.close(0u32.into(), b"call failed");
+            }
         }
         result
     }
 
     async fn connection(&self, addr: &str, timeout: Duration) -> Result<quinn::Connection, RpcError> {
-        let cached = self.lock().get(addr).cloned();
-        if let Some(conn) = cached {
-            if conn.close_reason().is_none() {
-                return Ok(conn);
-            }
+        let mut slot = self.slot(addr);
+        let live = async {
+            slot.wait_for(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none())).await.map(|c| c.clone())
+        };
+        match tokio::time::timeout(timeout, live).await {
+            Ok(Ok(Some(conn))) => Ok(conn),
+            Ok(Ok(None)) => Err(unreachable(addr, "no connection")),
+            Ok(Err(_)) => Err(unreachable(addr, "connector stopped")),
+            Err(_) => Err(unreachable(addr, "no connection yet")),
         }
-        let (conn, _) = rpc::connect(
-            &self.endpoint,
-            self.config.clone(),
-            addr,
+    }
+
+    fn slot(&self, addr: &str) -> Slot {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = peers.get(addr) {
+            return slot.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(connector(self.endpoint.clone(), self.config.clone(), addr.to_string(), tx));
+        peers.insert(addr.to_string(), rx.clone());
+        rx
+    }
+}
+
+fn unreachable(addr: &str, reason: &str) -> RpcError {
+    RpcError::Unreachable { addr: addr.to_string(), reason: reason.to_string() }
+}
+
+/// Keeps one connection to `addr` alive until every receiver is gone or the
+/// endpoint closes.
+async fn connector(
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: String,
+    tx: watch::Sender<Option<quinn::Connection>>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match rpc::connect(
+            &endpoint,
+            config.clone(),
+            &addr,
             COORDINATOR_SERVER_NAME,
             SOFTWARE,
-            timeout,
+            CONNECT_TIMEOUT,
         )
-        .await?;
-        self.lock().insert(addr.to_string(), conn.clone());
-        Ok(conn)
-    }
-
-    fn forget(&self, addr: &str, conn: &quinn::Connection) {
-        let mut map = self.lock();
-        if map.get(addr).is_some_and(|c| c.stable_id() == conn.stable_id()) {
-            map.remove(addr);
+        .await
+        {
+            Ok((conn, _)) => {
+                debug!(%addr, "connected to peer");
+                backoff = Duration::from_millis(50);
+                tx.send_replace(Some(conn.clone()));
+                tokio::select! {
+                    _ = conn.closed() => {}
+                    _ = tx.closed() => return,
+                }
+                tx.send_replace(None);
+            }
+            Err(e) => {
+                debug!(%addr, "cannot connect to peer: {e}");
+                if endpoint.open_connections() == 0 && is_endpoint_closed(&e) {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tx.closed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, quinn::Connection>> {
-        // A poisoned map only means another task panicked mid-insert; the map itself is still usable.
-        self.connections.lock().unwrap_or_else(|p| p.into_inner())
-    }
+fn is_endpoint_closed(e: &RpcError) -> bool {
+    matches!(e, RpcError::Unreachable { reason, .. } if reason.contains("endpoint stopping"))
 }

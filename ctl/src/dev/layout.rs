@@ -22,7 +22,8 @@ pub struct ProcessPlan {
 }
 
 /// Writes the PKI and every config under `dir`; returns the plan of processes.
-pub fn prepare(dir: &Path, coordinators: u32, agents: u32, gpus: &str) -> anyhow::Result<Vec<ProcessPlan>> {
+pub fn prepare(dir: &Path, args: &super::DevArgs) -> anyhow::Result<Vec<ProcessPlan>> {
+    let (coordinators, agents, gpus) = (args.coordinators, args.agents, args.gpus.as_str());
     let pki = dir.join("pki");
     if pki.join("ca.pem").exists() {
         bail!("{} already holds a dev cluster; pass a fresh --dir or remove it", dir.display());
@@ -50,7 +51,7 @@ pub fn prepare(dir: &Path, coordinators: u32, agents: u32, gpus: &str) -> anyhow
             data_dir: home.join("data"),
             admin_socket: admin_socket.clone(),
             initial_members: members.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-            node_down_after_secs: 10,
+            node_down_after_secs: args.node_down_after_secs,
             tls: files,
         };
         let path = home.join("coordinator.toml");

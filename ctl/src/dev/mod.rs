@@ -26,19 +26,22 @@ pub struct DevArgs {
     /// Directory for all state (certificates, configs, data, logs). Default: a
     /// fresh temporary directory, removed when the cluster stops.
     #[arg(long)]
-    dir: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
     /// Number of coordinators: 1, 3 or 5.
     #[arg(long, default_value_t = 3, value_parser = parse_coordinators)]
-    coordinators: u32,
+    pub coordinators: u32,
     /// Number of agents (each a node with simulated GPUs).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
-    agents: u32,
+    pub agents: u32,
     /// GPUs of each agent, e.g. 8xH100-80GB or 4xA100-40GB,2xL4-24GB.
     #[arg(long, default_value = "8xH100-80GB")]
-    gpus: String,
+    pub gpus: String,
+    /// Mark a node down after this many seconds without heartbeats.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub node_down_after_secs: u64,
     /// Give up if the cluster is not ready within this many seconds.
     #[arg(long, default_value_t = 60)]
-    ready_timeout_secs: u64,
+    pub ready_timeout_secs: u64,
 }
 
 fn parse_coordinators(s: &str) -> Result<u32, String> {
@@ -83,7 +86,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     };
     eprintln!("gantry dev cluster in {}", dir.display());
-    let plan = layout::prepare(&dir, args.coordinators, args.agents, &args.gpus)?;
+    let plan = layout::prepare(&dir, &args)?;
     let mut running: Vec<Running> = Vec::new();
     for p in &plan {
         match processes::spawn(&bin_dir, p) {

@@ -1,0 +1,235 @@
+//! Harness for cross-process tests: runs `gantryctl dev` (real coordinator
+//! and agent processes on loopback), reads its `cluster.json`, and drives the
+//! cluster through `gantryctl --json` and signals.
+//!
+//! Tests wait on conditions ([`wait_for`]) and never on fixed sleeps. The
+//! binaries must be built first (`cargo build --workspace --bins`), which the
+//! README's test command does.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// One process of the dev cluster, as `cluster.json` lists it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ProcessEntry {
+    pub role: String,
+    pub name: String,
+    pub pid: u32,
+    pub admin_socket: Option<PathBuf>,
+    pub listen: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ClusterFile {
+    pub dir: PathBuf,
+    pub processes: Vec<ProcessEntry>,
+}
+
+/// Cluster tests run one at a time: a 2-core runner cannot host several
+/// clusters without their timing suffering.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Path of a workspace binary next to the test executable's target dir.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    dir.join(name)
+}
+
+pub struct DevCluster {
+    pub info: ClusterFile,
+    dev: Child,
+    /// Processes the test started itself (restarts); killed on drop.
+    extra: Vec<Child>,
+    /// Current pid of every process by name (changes on restart).
+    pids: std::collections::BTreeMap<String, u32>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct DevOptions {
+    pub coordinators: u32,
+    pub agents: u32,
+    pub gpus: &'static str,
+    pub node_down_after_secs: u64,
+}
+
+impl Default for DevOptions {
+    fn default() -> Self {
+        DevOptions { coordinators: 3, agents: 2, gpus: "2xH100-80GB", node_down_after_secs: 10 }
+    }
+}
+
+impl DevCluster {
+    pub fn start(opts: DevOptions) -> anyhow::Result<DevCluster> {
+        for b in ["gantryctl", "gantry-coordinator", "gantry-agent"] {
+            if !bin(b).exists() {
+                bail!("{} is missing: run `cargo build --workspace --bins` first", bin(b).display());
+            }
+        }
+        let dir = tempfile::Builder::new().prefix("gt-").tempdir_in("/tmp").context("tempdir")?;
+        let cluster_dir = dir.path().join("c");
+        let out = std::fs::File::create(dir.path().join("dev.out"))?;
+        let err = std::fs::File::create(dir.path().join("dev.err"))?;
+        let mut dev = Command::new(bin("gantryctl"))
+            .args(["dev", "--dir"])
+            .arg(&cluster_dir)
+            .args(["--coordinators", &opts.coordinators.to_string()])
+            .args(["--agents", &opts.agents.to_string()])
+            .args(["--gpus", opts.gpus])
+            .args(["--node-down-after-secs", &opts.node_down_after_secs.to_string()])
+            .args(["--ready-timeout-secs", "90"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("starting gantryctl dev")?;
+        let file = cluster_dir.join("cluster.json");
+        let waited = wait_for(Duration::from_secs(120), || {
+            if let Ok(Some(status)) = dev.try_wait() {
+                let err = std::fs::read_to_string(dir.path().join("dev.err")).unwrap_or_default();
+                return Some(Err(anyhow!("gantryctl dev exited with {status}: {err}")));
+            }
+            let text = std::fs::read_to_string(&file).ok()?;
+            Some(serde_json::from_str::<ClusterFile>(&text).context("parsing cluster.json"))
+        });
+        let info = match waited {
+            Ok(Ok(info)) => info,
+            Ok(Err(e)) | Err(e) => {
+                let _ = dev.kill();
+                let _ = dev.wait();
+                return Err(e);
+            }
+        };
+        let pids = info.processes.iter().map(|p| (p.name.clone(), p.pid)).collect();
+        Ok(DevCluster { info, dev, extra: Vec::new(), pids, _dir: dir })
+    }
+
+    pub fn coordinators(&self) -> Vec<ProcessEntry> {
+        self.info.processes.iter().filter(|p| p.role == "coordinator").cloned().collect()
+    }
+
+    pub fn agents(&self) -> Vec<ProcessEntry> {
+        self.info.processes.iter().filter(|p| p.role == "agent").cloned().collect()
+    }
+
+    pub fn coordinator(&self, id: u64) -> anyhow::Result<ProcessEntry> {
+        let name = format!("coordinator-{id}");
+        self.coordinators().into_iter().find(|p| p.name == name).ok_or_else(|| anyhow!("no {name}"))
+    }
+
+    pub fn pki(&self) -> PathBuf {
+        self.info.dir.join("pki")
+    }
+
+    /// Runs `gantryctl --json --socket SOCKET ARGS` and decodes its output.
+    pub fn ctl<T: DeserializeOwned>(&self, socket: &Path, args: &[&str]) -> anyhow::Result<T> {
+        let out = Command::new(bin("gantryctl"))
+            .arg("--json")
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .output()
+            .context("running gantryctl")?;
+        if !out.status.success() {
+            bail!("gantryctl {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| format!("gantryctl {args:?} printed no JSON"))
+    }
+
+    /// Current pid of a process of the cluster.
+    pub fn pid(&self, entry: &ProcessEntry) -> u32 {
+        self.pids.get(&entry.name).copied().unwrap_or(entry.pid)
+    }
+
+    /// Sends SIGKILL to a process of the cluster (no chance to clean up).
+    pub fn kill9(&mut self, entry: &ProcessEntry) -> anyhow::Result<()> {
+        let pid = self.pid(entry);
+        let raw = i32::try_from(pid).context("pid")?;
+        kill(Pid::from_raw(raw), Signal::SIGKILL).context("kill -9")?;
+        // Reap it if it is ours, so it does not linger as a zombie.
+        for c in self.extra.iter_mut().filter(|c| c.id() == pid) {
+            let _ = c.wait();
+        }
+        Ok(())
+    }
+
+    /// Starts a process of the cluster again from its config; returns its pid.
+    pub fn restart(&mut self, entry: &ProcessEntry) -> anyhow::Result<u32> {
+        let bin_name = if entry.role == "coordinator" { "gantry-coordinator" } else { "gantry-agent" };
+        let pid = self.spawn(bin_name, &entry.config, &entry.log)?;
+        self.pids.insert(entry.name.clone(), pid);
+        Ok(pid)
+    }
+
+    /// Starts a daemon with a config file; it is stopped with the cluster.
+    pub fn spawn(&mut self, bin_name: &str, config: &Path, log: &Path) -> anyhow::Result<u32> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let child = Command::new(bin(bin_name))
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {bin_name}"))?;
+        let pid = child.id();
+        self.extra.push(child);
+        Ok(pid)
+    }
+
+    /// The log of a process, for assertion messages.
+    pub fn log_tail(&self, entry: &ProcessEntry) -> String {
+        let text = std::fs::read_to_string(&entry.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        for c in &mut self.extra {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        if let Ok(pid) = i32::try_from(self.dev.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let _ = wait_for(Duration::from_secs(20), || self.dev.try_wait().ok().flatten());
+        let _ = self.dev.kill();
+        let _ = self.dev.wait();
+        for c in &mut self.extra {
+            let _ = wait_for(Duration::from_secs(5), || c.try_wait().ok().flatten());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("condition not met within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,216 @@
+//! A real cluster of processes on loopback: leader failover, catch-up after
+//! restart, and node liveness.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use gantry_common::api::{ClusterStatus, MemberRole, NodeView};
+use gantry_common::model::NodeStatus;
+use gantry_tests::{serial, wait_for, DevCluster, DevOptions, ProcessEntry};
+use serde_json::Value;
+
+/// Waits until some coordinator other than `except` reports itself leader;
+/// returns that coordinator's id.
+fn wait_new_leader(c: &DevCluster, except: Option<u64>, timeout: Duration) -> anyhow::Result<u64> {
+    wait_for(timeout, || {
+        c.coordinators().iter().filter(|p| Some(id_of(p)) != except).find_map(|p| {
+            let socket = p.admin_socket.as_ref()?;
+            let s: ClusterStatus = c.ctl(socket, &["status", "--local"]).ok()?;
+            let me = s.members.iter().find(|m| m.id == s.answered_by)?;
+            (me.role == MemberRole::Leader).then_some(s.answered_by)
+        })
+    })
+}
+
+fn id_of(p: &ProcessEntry) -> u64 {
+    p.name.trim_start_matches("coordinator-").parse().unwrap_or(0)
+}
+
+fn socket(p: &ProcessEntry) -> std::path::PathBuf {
+    p.admin_socket.clone().unwrap_or_default()
+}
+
+fn nodes(c: &DevCluster, via: &ProcessEntry) -> anyhow::Result<Vec<NodeView>> {
+    c.ctl(&socket(via), &["nodes"])
+}
+
+#[test]
+fn leader_kill_elects_new_leader_and_keeps_writes_and_nodes() -> anyhow::Result<()> {
+    let _serial = serial();
+    let mut c = DevCluster::start(DevOptions::default())?;
+    wait_new_leader(&c, None, Duration::from_secs(30))?;
+
+    // Acknowledged writes, sent through whichever coordinator (followers forward).
+    let mut acked = BTreeMap::new();
+    for (i, via) in c.coordinators().iter().cycle().take(6).enumerate() {
+        let kv = format!("k{i}=v{i}");
+        let r: Value = c.ctl(&socket(via), &["label", "node-1", &kv])?;
+        assert!(r["log_index"].as_u64().is_some(), "write {i} not acknowledged: {r}");
+        acked.insert(format!("k{i}"), format!("v{i}"));
+    }
+
+    for round in 0..3 {
+        let leader_now = wait_new_leader(&c, None, Duration::from_secs(30))?;
+        let victim = c.coordinator(leader_now)?;
+        let killed_at = Instant::now();
+        c.kill9(&victim)?;
+        let new_leader = wait_new_leader(&c, Some(leader_now), Duration::from_secs(30))
+            .map_err(|e| anyhow::anyhow!("round {round}: no new leader after killing {leader_now}: {e}"))?;
+        eprintln!(
+            "round {round}: leader {leader_now} killed, {new_leader} leads after {:?}",
+            killed_at.elapsed()
+        );
+        assert_ne!(new_leader, leader_now);
+        // Both nodes stay ready and report to the new leader within a few seconds.
+        let survivor = c.coordinator(new_leader)?;
+        wait_for(Duration::from_secs(15), || {
+            let ns = nodes(&c, &survivor).ok()?;
+            let fresh = ns.len() == 2
+                && ns
+                    .iter()
+                    .all(|n| n.status == NodeStatus::Ready && n.heartbeat_age_s.is_some_and(|a| a < 3.0));
+            fresh.then_some(())
+        })
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "round {round}: nodes not reporting to new leader: {e}\n{}",
+                c.log_tail(&c.agents()[0])
+            )
+        })?;
+        // No acknowledged write lost.
+        let ns = nodes(&c, &survivor)?;
+        let n1 = ns.iter().find(|n| n.name == "node-1").ok_or_else(|| anyhow::anyhow!("node-1 gone"))?;
+        for (k, v) in &acked {
+            assert_eq!(n1.labels.get(k), Some(v), "round {round}: acknowledged label {k} lost");
+        }
+        // Bring the old leader back so the next round again has three members.
+        c.restart(&victim)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn restarted_coordinator_catches_up_from_its_store() -> anyhow::Result<()> {
+    let _serial = serial();
+    let mut c = DevCluster::start(DevOptions::default())?;
+    let leader = wait_new_leader(&c, None, Duration::from_secs(30))?;
+    let follower = c
+        .coordinators()
+        .into_iter()
+        .find(|p| id_of(p) != leader)
+        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let leader_entry = c.coordinator(leader)?;
+    c.kill9(&follower)?;
+
+    // Writes while it is down.
+    let mut last_index = 0;
+    for i in 0..5 {
+        let r: Value = c.ctl(&socket(&leader_entry), &["label", "node-2", &format!("while-down-{i}=yes")])?;
+        last_index = r["log_index"].as_u64().unwrap_or(0);
+    }
+    assert!(last_index > 0);
+
+    c.restart(&follower)?;
+    // It comes back from its redb store and catches up past the writes.
+    let caught_up = wait_for(Duration::from_secs(30), || {
+        let s: ClusterStatus = c.ctl(&socket(&follower), &["status", "--local"]).ok()?;
+        (s.answered_by == id_of(&follower) && s.last_applied.unwrap_or(0) >= last_index).then_some(s)
+    })
+    .map_err(|e| anyhow::anyhow!("restarted follower did not catch up: {e}\n{}", c.log_tail(&follower)))?;
+    assert!(caught_up.leader.is_some());
+    let me = caught_up.members.iter().find(|m| m.id == id_of(&follower)).map(|m| m.role.clone());
+    assert_eq!(me, Some(MemberRole::Follower));
+    let ns = nodes(&c, &follower)?;
+    let n2 = ns.iter().find(|n| n.name == "node-2").ok_or_else(|| anyhow::anyhow!("node-2 gone"))?;
+    assert_eq!(n2.labels.get("while-down-4").map(String::as_str), Some("yes"));
+    Ok(())
+}
+
+#[test]
+fn silent_node_is_marked_down_and_recovers() -> anyhow::Result<()> {
+    let _serial = serial();
+    let mut c = DevCluster::start(DevOptions {
+        coordinators: 1,
+        agents: 2,
+        node_down_after_secs: 2,
+        ..Default::default()
+    })?;
+    let coord = c.coordinators()[0].clone();
+    let agent =
+        c.agents().into_iter().find(|a| a.name == "node-2").ok_or_else(|| anyhow::anyhow!("no node-2"))?;
+    c.kill9(&agent)?;
+    wait_for(Duration::from_secs(15), || {
+        let ns = nodes(&c, &coord).ok()?;
+        let down = ns.iter().any(|n| n.name == "node-2" && n.status == NodeStatus::Down);
+        let other_ready = ns.iter().any(|n| n.name == "node-1" && n.status == NodeStatus::Ready);
+        (down && other_ready).then_some(())
+    })?;
+    c.restart(&agent)?;
+    wait_for(Duration::from_secs(15), || {
+        let ns = nodes(&c, &coord).ok()?;
+        ns.iter().all(|n| n.status == NodeStatus::Ready).then_some(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn coordinator_is_added_and_removed() -> anyhow::Result<()> {
+    let _serial = serial();
+    let mut c = DevCluster::start(DevOptions { coordinators: 1, agents: 0, ..Default::default() })?;
+    let first = c.coordinators()[0].clone();
+
+    // Bad input is refused with the field named, and nothing changes.
+    let err =
+        c.ctl::<Value>(&socket(&first), &["cluster", "add", "--id", "2", "--addr", "nowhere"]).unwrap_err();
+    assert!(err.to_string().contains("addr"), "{err}");
+    let err = c.ctl::<Value>(&socket(&first), &["cluster", "remove", "--id", "1"]).unwrap_err();
+    assert!(err.to_string().contains("last voter"), "{err}");
+
+    // A new coordinator, started with no initial members, as an operator would.
+    let home = c.info.dir.join("coordinator-2");
+    std::fs::create_dir_all(&home)?;
+    let pki = c.pki();
+    let out = std::process::Command::new(gantry_tests::bin("gantryctl"))
+        .args([
+            "certs",
+            "issue",
+            "--role",
+            "coordinator",
+            "--name",
+            "coordinator-2",
+            "--san",
+            "127.0.0.1",
+            "--dir",
+        ])
+        .arg(&pki)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = format!(
+        "id = 2\nlisten = \"{addr}\"\ndata_dir = \"{d}/data\"\nadmin_socket = \"{d}/admin.sock\"\n[tls]\nca = \"{p}/ca.pem\"\ncert = \"{p}/coordinator-coordinator-2.pem\"\nkey = \"{p}/coordinator-coordinator-2.key\"\n",
+        d = home.display(),
+        p = pki.display()
+    );
+    std::fs::write(home.join("coordinator.toml"), config)?;
+    c.spawn("gantry-coordinator", &home.join("coordinator.toml"), &home.join("log"))?;
+    let second_socket = home.join("admin.sock");
+    wait_for(Duration::from_secs(20), || second_socket.exists().then_some(()))?;
+
+    let r: Value = c.ctl(&socket(&first), &["cluster", "add", "--id", "2", "--addr", &addr])?;
+    assert!(r["log_index"].as_u64().is_some(), "{r}");
+    // The new member sees the same cluster from its own store.
+    let s = wait_for(Duration::from_secs(20), || {
+        let s: ClusterStatus = c.ctl(&second_socket, &["status", "--local"]).ok()?;
+        (s.answered_by == 2 && s.members.len() == 2 && s.leader == Some(1)).then_some(s)
+    })?;
+    let roles: BTreeMap<u64, MemberRole> = s.members.iter().map(|m| (m.id, m.role.clone())).collect();
+    assert_eq!(roles.get(&2), Some(&MemberRole::Follower));
+
+    // A write through the new member reaches the leader and is applied on both.
+    let r: Value = c.ctl(&second_socket, &["cluster", "remove", "--id", "2"])?;
+    assert!(r["log_index"].as_u64().is_some(), "{r}");
+    let s: ClusterStatus = c.ctl(&socket(&first), &["status"])?;
+    assert_eq!(s.members.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1]);
+    Ok(())
+}
