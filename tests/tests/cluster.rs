@@ -1,6 +1,8 @@
 //! A real cluster of processes on loopback: leader failover, catch-up after
 //! restart, and node liveness.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

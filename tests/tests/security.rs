@@ -1,5 +1,7 @@
 //! Who may talk to a coordinator: real QUIC clients against a real process.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::sync::Arc;
 use std::time::Duration;
 
