@@ -191,6 +191,13 @@ impl DevCluster {
         Ok(pid)
     }
 
+    /// Sends SIGTERM to `gantryctl dev` and waits for it to exit.
+    pub fn terminate_dev(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = i32::try_from(self.dev.id()).context("pid")?;
+        kill(Pid::from_raw(pid), Signal::SIGTERM).context("SIGTERM to gantryctl dev")?;
+        wait_for(timeout, || self.dev.try_wait().ok().flatten())
+    }
+
     /// The log of a process, for assertion messages.
     pub fn log_tail(&self, entry: &ProcessEntry) -> String {
         let text = std::fs::read_to_string(&entry.log).unwrap_or_default();
@@ -206,8 +213,11 @@ impl Drop for DevCluster {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
         }
-        if let Ok(pid) = i32::try_from(self.dev.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        // Only signal dev if it still runs: a reaped pid may belong to someone else now.
+        if self.dev.try_wait().ok().flatten().is_none() {
+            if let Ok(pid) = i32::try_from(self.dev.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
         }
         let _ = wait_for(Duration::from_secs(20), || self.dev.try_wait().ok().flatten());
         let _ = self.dev.kill();

@@ -216,3 +216,26 @@ fn coordinator_is_added_and_removed() -> anyhow::Result<()> {
     assert_eq!(s.members.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1]);
     Ok(())
 }
+
+#[test]
+fn dev_stops_every_process_on_sigterm() -> anyhow::Result<()> {
+    let _serial = serial();
+    let mut c = DevCluster::start(DevOptions { coordinators: 3, agents: 2, ..Default::default() })?;
+    let pids: Vec<u32> = c.info.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(pids.len(), 5);
+    for pid in &pids {
+        assert!(alive(*pid), "process {pid} not running before the test");
+    }
+    let status = c.terminate_dev(Duration::from_secs(30))?;
+    assert!(status.success(), "gantryctl dev exited with {status}");
+    for pid in &pids {
+        assert!(!alive(*pid), "process {pid} still running after gantryctl dev stopped");
+    }
+    Ok(())
+}
+
+/// Whether a process exists (signal 0 probes without sending anything).
+fn alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else { return false };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None).is_ok()
+}
