@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use gantry_common::identity::ALPN_AGENT;
 use gantry_common::rpc::{self, RpcError};
+use gantry_common::systemd;
 use gantry_common::tls::{self, Identity, COORDINATOR_SERVER_NAME};
 use gantry_common::wire::{AgentRequest, AgentResponse, DEFAULT_MAX_FRAME};
 use tokio::sync::watch;
@@ -24,7 +25,8 @@ pub struct Session {
     config: quinn::ClientConfig,
     coordinators: Vec<String>,
     labels: BTreeMap<String, String>,
-    interval: Duration,
+    /// Heartbeat interval; SIGHUP may change it while running.
+    interval: watch::Receiver<Duration>,
     status: AgentStatus,
     /// Next address to try when no leader is hinted.
     next: usize,
@@ -49,7 +51,7 @@ impl Session {
         identity: &Identity,
         coordinators: Vec<String>,
         labels: BTreeMap<String, String>,
-        interval: Duration,
+        interval: watch::Receiver<Duration>,
         status: AgentStatus,
     ) -> Result<Session, crate::start::StartError> {
         let endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
@@ -88,15 +90,18 @@ impl Session {
                 }
                 End::Redirect(_) => {
                     debug!(%addr, "no leader known yet");
+                    systemd::ready(&format!("retrying: {addr} knows no leader yet"));
                     Duration::from_millis(300)
                 }
                 End::Failed(reason) => {
                     self.failures += 1;
                     warn!(%addr, "coordinator link lost: {reason}");
+                    systemd::ready(&format!("retrying: {addr}: {reason}"));
                     Duration::from_millis(200 * u64::from(self.failures.min(10)))
                 }
                 End::Refused(reason) => {
                     error!(%addr, "coordinator refused this agent: {reason}");
+                    systemd::ready(&format!("refused by {addr}, retrying: {reason}"));
                     REFUSED_BACKOFF
                 }
             };
@@ -159,18 +164,24 @@ impl Session {
         match self.call(conn, addr, AgentRequest::Register(info)).await {
             Ok(AgentResponse::Registered) => {
                 info!(%addr, "registered with the leader");
+                systemd::ready(&format!("registered with leader {addr}"));
                 self.failures = 0;
                 self.status.set_leader(Some(addr.to_string()));
             }
             Ok(other) => return self.unexpected(other),
             Err(e) => return e,
         }
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = heartbeat_timer(*self.interval.borrow_and_update());
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.wait_for(|stop| *stop) => return End::Shutdown,
+                Ok(()) = self.interval.changed() => {
+                    let every = *self.interval.borrow_and_update();
+                    info!(?every, "telemetry interval changed");
+                    tick = heartbeat_timer(every);
+                    continue;
+                }
             }
             let hb = sampler.heartbeat();
             match self.call(conn, addr, AgentRequest::Heartbeat(hb)).await {
@@ -204,4 +215,10 @@ impl Session {
             other => End::Failed(format!("unexpected answer {other:?}")),
         }
     }
+}
+
+fn heartbeat_timer(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }

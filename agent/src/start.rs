@@ -35,8 +35,19 @@ pub enum StartError {
     Metrics { addr: String, reason: String },
 }
 
-/// Runs the agent until `shutdown` completes.
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+/// Runs the agent until `shutdown` completes. `telemetry_interval` starts at
+/// `config.telemetry_interval_ms` and may change while running (SIGHUP).
+///
+/// Under systemd, READY=1 goes out after the first registration attempt,
+/// whether it registered or will retry (`session`): an agent whose
+/// coordinators are down is still doing its job, which includes leaving
+/// running workloads alone. On shutdown the in-flight report finishes and
+/// nothing touches workloads.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+    telemetry_interval: watch::Receiver<Duration>,
+) -> Result<(), StartError> {
     config.validate()?;
     let identity = Identity::load(&config.tls)?;
     if identity.peer().role != Role::Agent {
@@ -79,14 +90,21 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         &identity,
         config.coordinators.clone(),
         config.labels.clone(),
-        Duration::from_millis(config.telemetry_interval_ms),
+        telemetry_interval,
         status,
     )?;
+    // The agent has no inner state that can fail on its own: a responsive runtime is healthy.
+    let mut watchdog_stop = stop_rx.clone();
+    let watchdog = tokio::spawn(gantry_common::systemd::watchdog(|| true, async move {
+        let _ = watchdog_stop.wait_for(|stop| *stop).await;
+    }));
     let reporter = tokio::spawn(async move { session.run(&mut sampler, stop_rx).await });
 
     shutdown.await;
     info!(%node, "stopping; running workloads are left alone");
+    gantry_common::systemd::stopping("stopping: finishing the in-flight report");
     let _ = stop_tx.send(true);
+    let _ = watchdog.await;
     let _ = reporter.await;
     if let Some(task) = metrics_task {
         let _ = task.await;

@@ -9,15 +9,23 @@
 //! - [`tls`]: cluster CA, certificate issuance, rustls/quinn configs that check roles.
 //! - [`gpu_spec`]: parsing `8xH100-80GB,2xL4-24GB` into simulated GPU descriptions.
 //! - [`rpc`]: one request/response per QUIC stream, the hello exchange, failure classes.
-//! - [`config`]: loading TOML config files with errors that name the field.
+//! - [`shutdown`]: the SIGTERM/SIGINT stop signal, installed eagerly.
+//! - [`config`]: loading TOML config files with errors that name the field; what changed on reload.
+//! - [`logging`]: the daemons' tracing setup, with a log filter that SIGHUP can change.
+//! - [`systemd`]: sd_notify (READY, STATUS, STOPPING, RELOADING) and the watchdog ping.
+//! - [`cli_docs`]: man pages and shell completions generated from a binary's clap `Command`.
 //!
-//! Nothing here starts long-lived tasks or binds sockets: the daemons own those.
+//! Nothing here spawns tasks or binds sockets: the daemons own those.
 
 pub mod api;
+pub mod cli_docs;
 pub mod config;
 pub mod gpu_spec;
 pub mod identity;
+pub mod logging;
 pub mod model;
 pub mod rpc;
+pub mod shutdown;
+pub mod systemd;
 pub mod tls;
 pub mod wire;

@@ -18,6 +18,7 @@
 //! - [`telemetry`]: the leader's in-memory samples (never replicated).
 //! - [`leader_loop`]: leader-only periodic work (marking nodes down/ready).
 //! - [`admin`]: HTTP+JSON admin socket; [`metrics`]: its `/metrics`.
+//! - [`systemd`]: STATUS= lines that follow Raft, and the watchdog ping.
 //!
 //! ```text
 //!  agent ──QUIC gantry-agent/1──┐                         ┌── admin socket (HTTP/JSON) ◄── gantryctl
@@ -38,4 +39,5 @@ pub mod raft;
 pub mod service;
 pub mod start;
 pub mod state;
+pub mod systemd;
 pub mod telemetry;

@@ -1,11 +1,17 @@
 //! `gantry-coordinator`: reads its config, then runs until SIGTERM/SIGINT.
+//! SIGHUP re-reads the config file and applies what can change while running
+//! ([`RELOADABLE`]); the rest is logged as needing a restart.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use gantry_common::cli_docs::{self, DocKind};
+use gantry_common::logging::{self, LogFilter};
+use gantry_common::systemd;
 use gantry_coordinator::config::{parse_member, CoordinatorConfig};
 use gantry_coordinator::start;
+use tracing::{info, warn};
 
 /// Gantry control-plane daemon: replicates cluster state with Raft, serves
 /// agents and peers over QUIC with mutual TLS, and operators on a local admin
@@ -53,23 +59,74 @@ struct Cli {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Print a man page or a shell completion script and exit (used to build packages).
+    #[arg(long, value_enum, hide = true)]
+    generate: Option<DocKind>,
 }
 
 const DEFAULT_CONFIG: &str = "/etc/gantry/coordinator.toml";
 
+/// Settings a SIGHUP applies without a restart.
+const RELOADABLE: &[&str] = &["log_level"];
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(kind) = cli.generate {
+        return cli_docs::print(kind, Cli::command(), "8").context("writing to stdout");
+    }
     let config = build_config(&cli)?;
     if cli.print_config {
         print!("{}", toml::to_string_pretty(&config).context("encoding the config")?);
         return Ok(());
     }
-    init_logging(&config.log_level);
+    let log = logging::init(&config.log_level);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
-        start::run(config, shutdown_signal(), || tracing::info!("ready")).await.map_err(anyhow::Error::from)
+        let reloader = tokio::spawn(reload_on_sighup(cli, config.clone(), log));
+        let ready = || {
+            info!("ready");
+            systemd::ready("running: raft started, admin socket bound");
+        };
+        let result = start::run(config, gantry_common::shutdown::on_terminate(), ready).await;
+        reloader.abort();
+        result.map_err(anyhow::Error::from)
     })
+}
+
+/// On each SIGHUP: re-read the file (flags still win), validate it, apply the
+/// reloadable settings and name the others. A bad file changes nothing.
+async fn reload_on_sighup(cli: Cli, mut running: CoordinatorConfig, log: LogFilter) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; configuration reload is unavailable");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        systemd::reloading();
+        let loaded = build_config(&cli).and_then(|c| c.validate().map(|_| c).map_err(anyhow::Error::from));
+        let new = match loaded {
+            Ok(new) => new,
+            Err(e) => {
+                warn!("reload refused, configuration unchanged: {e:#}");
+                systemd::ready("running; last reload failed, see the journal");
+                continue;
+            }
+        };
+        match gantry_common::config::plan_reload(&running, &new, RELOADABLE) {
+            Ok(plan) => {
+                if new.log_level != running.log_level {
+                    match log.set(&new.log_level) {
+                        Ok(()) => running.log_level = new.log_level.clone(),
+                        Err(e) => warn!("reload: {e}"),
+                    }
+                }
+                info!(applied = ?plan.apply, needs_restart = ?plan.restart, "configuration reloaded");
+            }
+            Err(e) => warn!("reload: comparing configurations: {e}"),
+        }
+        systemd::ready("running; configuration reloaded");
+    }
 }
 
 fn build_config(cli: &Cli) -> anyhow::Result<CoordinatorConfig> {
@@ -115,35 +172,4 @@ fn build_config(cli: &Cli) -> anyhow::Result<CoordinatorConfig> {
         c.log_level = v.clone();
     }
     Ok(c)
-}
-
-/// Logs to stderr; under systemd (JOURNAL_STREAM set) without timestamps or
-/// colours, since journald adds its own.
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if under_journald {
-        builder.without_time().with_ansi(false).init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -17,10 +17,13 @@ use crate::metrics::Metrics;
 use crate::peer::client::PeerClient;
 use crate::raft::network::PeerNetworkFactory;
 use crate::raft::store::open_store;
-use crate::raft::{watchdog, Raft};
+use crate::raft::{handoff, watchdog, Raft};
 use crate::service::Service;
 use crate::telemetry::TelemetryStore;
 use crate::{admin, endpoint, leader_loop};
+
+/// How long a leader that is asked to stop waits for its followers to catch up.
+const HANDOFF_PATIENCE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -43,7 +46,9 @@ pub enum StartError {
 }
 
 /// Runs a coordinator until `shutdown` completes, then stops every part.
-/// `ready` is called once the admin socket is bound and Raft is running.
+/// `ready` is called once the admin socket is bound and Raft is running
+/// (`main` sends systemd READY=1 there). On shutdown a leader first lets its
+/// followers catch up ([`handoff::step_down`]), then the endpoint closes.
 pub async fn run(
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()>,
@@ -112,9 +117,14 @@ pub async fn run(
         "coordinator running"
     );
     ready();
+    tasks.spawn(crate::systemd::follow_raft_status(raft.clone(), config.id, stop_rx.clone()));
+    tasks.spawn(crate::systemd::watchdog(raft.clone(), stop_rx.clone()));
 
     shutdown.await;
     info!(id = config.id, "shutting down");
+    gantry_common::systemd::stopping("stopping: handing over leadership if leading");
+    // Before the endpoint closes: a leader lets its followers catch up first.
+    handoff::step_down(&raft, config.id, HANDOFF_PATIENCE).await;
     let _ = stop_tx.send(true);
     if let Err(e) = raft.shutdown().await {
         warn!("raft shutdown: {e}");

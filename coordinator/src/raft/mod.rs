@@ -8,11 +8,13 @@
 //! - [`store`]: opens the one redb file that holds both.
 //! - [`network`]: Raft RPCs over QUIC (`gantry-raft/1`).
 //! - [`watchdog`]: forces an election when no leader is seen for too long.
+//! - [`handoff`]: what a leader does before it stops, so the next one has every entry.
 
 use std::io::Cursor;
 
 use crate::state::{Command, CommandResponse};
 
+pub mod handoff;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;

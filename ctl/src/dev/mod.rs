@@ -71,6 +71,10 @@ struct ClusterFile {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     gantry_common::gpu_spec::parse_gpu_spec(&args.gpus).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    // Handlers first: a Ctrl-C during start-up must still stop the children,
+    // which run in their own process groups and would otherwise be orphaned.
+    let stop = gantry_common::shutdown::on_terminate();
+    tokio::pin!(stop);
     let bin_dir = binaries_dir()?;
     let (dir, _temp) = match &args.dir {
         Some(d) => {
@@ -98,9 +102,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     let sockets: Vec<PathBuf> = plan.iter().filter_map(|p| p.admin_socket.clone()).collect();
-    if let Err(e) =
-        wait_ready(&sockets, args.agents, &mut running, Duration::from_secs(args.ready_timeout_secs)).await
-    {
+    let ready = tokio::select! {
+        r = wait_ready(&sockets, args.agents, &mut running, Duration::from_secs(args.ready_timeout_secs)) => r,
+        () = &mut stop => Err(anyhow::anyhow!("interrupted before the cluster was ready")),
+    };
+    if let Err(e) = ready {
+        eprintln!();
         stop_all(&mut running);
         return Err(e);
     }
@@ -117,7 +124,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  gantryctl status; gantryctl nodes; gantryctl gpus");
     println!("Ctrl-C stops every process.");
 
-    supervise(&mut running).await;
+    supervise(&mut running, stop).await;
     eprintln!("stopping the dev cluster…");
     stop_all(&mut running);
     eprintln!("stopped");
@@ -218,19 +225,15 @@ fn write_files(dir: &Path, running: &[Running], sockets: &[PathBuf]) -> anyhow::
     std::fs::write(dir.join("env"), format!("GANTRY_SOCKET={socket}\n")).context("writing env")
 }
 
-/// Runs until SIGINT/SIGTERM, reporting processes that exit on their own.
-async fn supervise(running: &mut [Running]) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        eprintln!("cannot install signal handlers; stopping");
-        return;
-    };
+/// Runs until `stop` (SIGINT/SIGTERM), reporting processes that exit on their own.
+async fn supervise(
+    running: &mut [Running],
+    mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
+            () = &mut stop => return,
             _ = tick.tick() => {}
         }
         for r in running.iter_mut().filter(|r| !r.exited) {
