@@ -9,10 +9,9 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use gantry_agent::config::{parse_label, AgentConfig, GpuBackendKind};
 use gantry_common::cli_docs::{self, DocKind};
-use gantry_common::logging::{self, LogFilter};
-use gantry_common::systemd;
+use gantry_common::{logging, reload};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// Gantry GPU host daemon: discovers GPUs (NVML, or simulated with
 /// --gpu-backend sim), samples their telemetry and reports it to the
@@ -92,56 +91,27 @@ fn main() -> anyhow::Result<()> {
         .context("starting tokio")?;
     runtime.block_on(async {
         let (interval_tx, interval_rx) = watch::channel(Duration::from_millis(config.telemetry_interval_ms));
-        let reloader = tokio::spawn(reload_on_sighup(cli, config.clone(), log, interval_tx));
+        let load = move || {
+            build_config(&cli).and_then(|c| Ok(c.validate().map(|_| c)?)).map_err(|e| format!("{e:#}"))
+        };
+        let apply = move |new: &AgentConfig, running: &mut AgentConfig| {
+            if new.log_level != running.log_level {
+                match log.set(&new.log_level) {
+                    Ok(()) => running.log_level = new.log_level.clone(),
+                    Err(e) => warn!("reload: {e}"),
+                }
+            }
+            if new.telemetry_interval_ms != running.telemetry_interval_ms {
+                interval_tx.send_replace(Duration::from_millis(new.telemetry_interval_ms));
+                running.telemetry_interval_ms = new.telemetry_interval_ms;
+            }
+        };
+        let reloader = tokio::spawn(reload::on_sighup(RELOADABLE, config.clone(), load, apply));
         let result =
             gantry_agent::start::run(config, gantry_common::shutdown::on_terminate(), interval_rx).await;
         reloader.abort();
         result.map_err(anyhow::Error::from)
     })
-}
-
-/// On each SIGHUP: re-read the file (flags still win), validate it, apply the
-/// reloadable settings and name the others. A bad file changes nothing.
-async fn reload_on_sighup(
-    cli: Cli,
-    mut running: AgentConfig,
-    log: LogFilter,
-    interval: watch::Sender<Duration>,
-) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        warn!("cannot listen for SIGHUP; configuration reload is unavailable");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        systemd::reloading();
-        let loaded = build_config(&cli).and_then(|c| c.validate().map(|_| c).map_err(anyhow::Error::from));
-        let new = match loaded {
-            Ok(new) => new,
-            Err(e) => {
-                warn!("reload refused, configuration unchanged: {e:#}");
-                systemd::ready("running; last reload failed, see the journal");
-                continue;
-            }
-        };
-        match gantry_common::config::plan_reload(&running, &new, RELOADABLE) {
-            Ok(plan) => {
-                if new.log_level != running.log_level {
-                    match log.set(&new.log_level) {
-                        Ok(()) => running.log_level = new.log_level.clone(),
-                        Err(e) => warn!("reload: {e}"),
-                    }
-                }
-                if new.telemetry_interval_ms != running.telemetry_interval_ms {
-                    interval.send_replace(Duration::from_millis(new.telemetry_interval_ms));
-                    running.telemetry_interval_ms = new.telemetry_interval_ms;
-                }
-                info!(applied = ?plan.apply, needs_restart = ?plan.restart, "configuration reloaded");
-            }
-            Err(e) => warn!("reload: comparing configurations: {e}"),
-        }
-        systemd::ready("running; configuration reloaded");
-    }
 }
 
 fn build_config(cli: &Cli) -> anyhow::Result<AgentConfig> {

@@ -9,6 +9,7 @@
 //! - [`tls`]: cluster CA, certificate issuance, rustls/quinn configs that check roles.
 //! - [`gpu_spec`]: parsing `8xH100-80GB,2xL4-24GB` into simulated GPU descriptions.
 //! - [`rpc`]: one request/response per QUIC stream, the hello exchange, failure classes.
+//! - [`reload`]: the SIGHUP configuration reload loop of both daemons.
 //! - [`shutdown`]: the SIGTERM/SIGINT stop signal, installed eagerly.
 //! - [`config`]: loading TOML config files with errors that name the field; what changed on reload.
 //! - [`logging`]: the daemons' tracing setup, with a log filter that SIGHUP can change.
@@ -24,6 +25,7 @@ pub mod gpu_spec;
 pub mod identity;
 pub mod logging;
 pub mod model;
+pub mod reload;
 pub mod rpc;
 pub mod shutdown;
 pub mod systemd;

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use gantry_common::cli_docs::{self, DocKind};
-use gantry_common::logging::{self, LogFilter};
 use gantry_common::systemd;
+use gantry_common::{logging, reload};
 use gantry_coordinator::config::{parse_member, CoordinatorConfig};
 use gantry_coordinator::start;
 use tracing::{info, warn};
@@ -83,7 +83,18 @@ fn main() -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
-        let reloader = tokio::spawn(reload_on_sighup(cli, config.clone(), log));
+        let load = move || {
+            build_config(&cli).and_then(|c| Ok(c.validate().map(|_| c)?)).map_err(|e| format!("{e:#}"))
+        };
+        let apply = move |new: &CoordinatorConfig, running: &mut CoordinatorConfig| {
+            if new.log_level != running.log_level {
+                match log.set(&new.log_level) {
+                    Ok(()) => running.log_level = new.log_level.clone(),
+                    Err(e) => warn!("reload: {e}"),
+                }
+            }
+        };
+        let reloader = tokio::spawn(reload::on_sighup(RELOADABLE, config.clone(), load, apply));
         let ready = || {
             info!("ready");
             systemd::ready("running: raft started, admin socket bound");
@@ -92,41 +103,6 @@ fn main() -> anyhow::Result<()> {
         reloader.abort();
         result.map_err(anyhow::Error::from)
     })
-}
-
-/// On each SIGHUP: re-read the file (flags still win), validate it, apply the
-/// reloadable settings and name the others. A bad file changes nothing.
-async fn reload_on_sighup(cli: Cli, mut running: CoordinatorConfig, log: LogFilter) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        warn!("cannot listen for SIGHUP; configuration reload is unavailable");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        systemd::reloading();
-        let loaded = build_config(&cli).and_then(|c| c.validate().map(|_| c).map_err(anyhow::Error::from));
-        let new = match loaded {
-            Ok(new) => new,
-            Err(e) => {
-                warn!("reload refused, configuration unchanged: {e:#}");
-                systemd::ready("running; last reload failed, see the journal");
-                continue;
-            }
-        };
-        match gantry_common::config::plan_reload(&running, &new, RELOADABLE) {
-            Ok(plan) => {
-                if new.log_level != running.log_level {
-                    match log.set(&new.log_level) {
-                        Ok(()) => running.log_level = new.log_level.clone(),
-                        Err(e) => warn!("reload: {e}"),
-                    }
-                }
-                info!(applied = ?plan.apply, needs_restart = ?plan.restart, "configuration reloaded");
-            }
-            Err(e) => warn!("reload: comparing configurations: {e}"),
-        }
-        systemd::ready("running; configuration reloaded");
-    }
 }
 
 fn build_config(cli: &Cli) -> anyhow::Result<CoordinatorConfig> {
