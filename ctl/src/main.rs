@@ -13,12 +13,13 @@ mod admin_client;
 mod certs;
 mod cluster_cmds;
 mod dev;
+mod sim;
 mod table;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use admin_client::AdminClient;
 
@@ -69,6 +70,14 @@ enum Cmd {
     Certs(certs::CertsArgs),
     /// Start a local development cluster (coordinators + agents with simulated GPUs).
     Dev(dev::DevArgs),
+    /// Offline runs of the placement engine (trace replay).
+    Sim(sim::SimArgs),
+    /// Print a man page or a shell completion script (used to build packages).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        kind: gantry_common::cli_docs::DocKind,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -99,8 +108,14 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::Generate { kind } = cli.command {
+        return gantry_common::cli_docs::print(kind, Cli::command(), "1").context("writing to stdout");
+    }
     if let Cmd::Certs(args) = cli.command {
         return certs::run(args, cli.json);
+    }
+    if let Cmd::Sim(args) = cli.command {
+        return sim::run(args, cli.json);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -120,7 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Cmd::Cluster(ClusterCmd::Remove { id }) => cluster_cmds::remove_member(&client, id, json).await,
             Cmd::Dev(args) => dev::run(args).await,
-            Cmd::Certs(_) => Ok(()),
+            Cmd::Certs(_) | Cmd::Generate { .. } | Cmd::Sim(_) => Ok(()),
         }
     })
 }

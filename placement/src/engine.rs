@@ -1,0 +1,433 @@
+//! The engine: a working copy of the cluster plus indexes; `place` proposes,
+//! `commit` applies.
+//!
+//! ```text
+//!   ClusterSnapshot ──new──▶ Engine ──place(request, seed)──▶ Placement | Refusal
+//!                              ▲                                  │
+//!                              └──────────── commit ◀─────────────┘
+//! ```
+
+use thiserror::Error;
+
+use crate::cache::{Best, Key, ScoreCache};
+use crate::fgd::{FragCache, TargetWorkload};
+use crate::fit::{self, Choice, Compiled, Kind};
+use crate::index::{Index, Order};
+use crate::mig::MigError;
+use crate::policy::Policy;
+use crate::refusal::{Refusal, RefusalReason};
+use crate::request::{GpuAssignment, Placement, PlacementRequest, RequestError};
+use crate::rng::{mix, SplitMix64};
+use crate::score;
+use crate::snapshot::{ClusterSnapshot, GpuTelemetry};
+use crate::state::{self, Models, Node};
+
+/// Errors building or updating an engine.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("more than {0} distinct GPU models")]
+    TooManyModels(usize),
+    #[error("node {node:?} GPU {gpu}: {source}")]
+    Gpu { node: String, gpu: usize, source: Box<EngineError> },
+    #[error("MIG: {0}")]
+    Mig(#[from] MigError),
+    #[error("a GPU's reported usage exceeds its capacity")]
+    OverCommitted,
+    #[error("the placement's share does not match the GPU's mode")]
+    ShareMismatch,
+    #[error("placement refers to node {node} / GPU {gpu}, which does not exist")]
+    NoSuchGpu { node: usize, gpu: usize },
+    #[error("placement no longer fits: {0}")]
+    Stale(String),
+}
+
+/// Why `place` returned no placement.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PlaceError {
+    #[error("invalid request: {0}")]
+    Invalid(#[from] RequestError),
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("invalid snapshot: {0}")]
+    Snapshot(String),
+    #[error("placement could not be applied: {0}")]
+    Conflict(String),
+}
+
+/// Operator settings of the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Used when a request names no policy.
+    pub default_policy: Policy,
+    /// Stop after scoring this many feasible nodes (`None`: score all). Nomad
+    /// uses about log2(nodes); the default, 16, keeps quality close to a full scan.
+    pub candidate_limit: Option<usize>,
+    /// The task mix fragmentation is measured against (`fgd`, `fgd-pack`).
+    pub target: TargetWorkload,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            default_policy: Policy::default(),
+            candidate_limit: Some(16),
+            target: TargetWorkload::generic(),
+        }
+    }
+}
+
+/// The placement engine over one cluster.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    nodes: Vec<Node>,
+    models: Models,
+    index: Index,
+    frag: FragCache,
+    config: EngineConfig,
+    /// Per node, bumped by every change to it (keys the score cache).
+    versions: Vec<u32>,
+    cache: ScoreCache,
+}
+
+impl Engine {
+    /// Builds an engine from a snapshot; fails on an inconsistent snapshot
+    /// (impossible MIG layout, over-committed GPU).
+    pub fn new(snapshot: &ClusterSnapshot, config: EngineConfig) -> Result<Self, EngineError> {
+        let (nodes, models) = state::build(snapshot)?;
+        let index = Index::new(&nodes);
+        let frag = FragCache::new(&config.target, &models, &nodes);
+        let versions = vec![1; nodes.len()];
+        Ok(Self { nodes, models, index, frag, config, versions, cache: ScoreCache::default() })
+    }
+
+    /// Proposes a placement for `req` without changing anything. Ties between
+    /// equally good nodes break by `seed`.
+    pub fn place(&self, req: &PlacementRequest, seed: u64) -> Result<Placement, PlaceError> {
+        validate(req)?;
+        let c = self.compile(req);
+        if let Some((i, choice)) = self.search(&c, seed) {
+            return Ok(self.placement(i, &choice, &c));
+        }
+        let refusal = self.refusal(&c);
+        let rejected: usize = refusal.reasons.iter().map(|(_, n)| n).sum();
+        if rejected < self.nodes.len() {
+            // The index is an over-approximation, so this cannot happen; if it
+            // ever did, a full scan is still a correct answer.
+            if let Some((i, choice)) = self.best_of(0..self.nodes.len(), &c, seed, usize::MAX) {
+                return Ok(self.placement(i, &choice, &c));
+            }
+        }
+        Err(PlaceError::Refused(refusal))
+    }
+
+    /// Applies a placement (one `place` returned) to the working state.
+    pub fn commit(&mut self, req: &PlacementRequest, placement: &Placement) -> Result<(), EngineError> {
+        let i = placement.node;
+        let node = self.nodes.get(i).ok_or(EngineError::NoSuchGpu { node: i, gpu: 0 })?;
+        let c = self.compile(req);
+        fit::check_node(node, &c).map_err(|r| EngineError::Stale(format!("{r:?}")))?;
+        // Apply to copies of the touched GPUs first, so a failed commit changes nothing.
+        let mut touched = Vec::with_capacity(placement.gpus.len());
+        for a in &placement.gpus {
+            let g = touched
+                .iter()
+                .find(|(k, _)| *k == a.gpu)
+                .map(|(_, g): &(usize, crate::state::Gpu)| g.clone())
+                .or_else(|| node.gpus.get(a.gpu).cloned());
+            let mut g = g.ok_or(EngineError::NoSuchGpu { node: i, gpu: a.gpu })?;
+            g.apply(&a.share)?;
+            if !g.within_capacity() {
+                return Err(EngineError::Stale(format!("GPU {} would be over-committed", a.gpu)));
+            }
+            touched.retain(|(k, _)| *k != a.gpu);
+            touched.push((a.gpu, g));
+        }
+        let node = &mut self.nodes[i];
+        for (k, g) in touched {
+            node.gpus[k] = g;
+        }
+        node.cpu_used += req.cpu_milli;
+        node.mem_used += req.memory_mib;
+        if !node.workloads.contains(&req.workload) {
+            node.workloads.insert(req.workload.clone());
+        }
+        self.index.update(i, &self.nodes[i]);
+        self.frag.refresh(i, &self.nodes[i]);
+        self.versions[i] = self.versions[i].wrapping_add(1).max(1);
+        Ok(())
+    }
+
+    /// `place` then `commit`. An engine that scores every node
+    /// (`candidate_limit: None`) answers from its score cache (same result,
+    /// see `cache.rs`).
+    pub fn place_and_commit(&mut self, req: &PlacementRequest, seed: u64) -> Result<Placement, PlaceError> {
+        let p = match self.place_cached(req, seed) {
+            Some(Ok(Some(p))) => p,
+            Some(Ok(None)) => return Err(PlaceError::Refused(self.refusal(&self.compile(req)))),
+            Some(Err(e)) => return Err(e),
+            None => self.place(req, seed)?,
+        };
+        self.apply(req, p)
+    }
+
+    /// Like [`Engine::place_and_commit`], but a request that fits nowhere is
+    /// `Ok(None)`, without the per-node pass that explains a refusal (trace
+    /// replay only needs to know whether a task was placed).
+    pub fn try_place_and_commit(
+        &mut self,
+        req: &PlacementRequest,
+        seed: u64,
+    ) -> Result<Option<Placement>, PlaceError> {
+        let p = match self.place_cached(req, seed) {
+            Some(r) => match r? {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+            None => match self.place(req, seed) {
+                Ok(p) => p,
+                Err(PlaceError::Refused(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            },
+        };
+        self.apply(req, p).map(Some)
+    }
+
+    fn apply(&mut self, req: &PlacementRequest, p: Placement) -> Result<Placement, PlaceError> {
+        // A placement `place` just produced always applies; a failure here is a bug
+        // in the engine, reported as a conflict rather than a panic.
+        self.commit(req, &p).map_err(|e| PlaceError::Conflict(e.to_string()))?;
+        Ok(p)
+    }
+
+    /// Replaces the live telemetry of one GPU (used by `least-loaded`).
+    pub fn update_telemetry(
+        &mut self,
+        node: usize,
+        gpu: usize,
+        telemetry: GpuTelemetry,
+    ) -> Result<(), EngineError> {
+        let g = self
+            .nodes
+            .get_mut(node)
+            .and_then(|n| n.gpus.get_mut(gpu))
+            .ok_or(EngineError::NoSuchGpu { node, gpu })?;
+        g.telemetry = Some(telemetry);
+        self.versions[node] = self.versions[node].wrapping_add(1).max(1);
+        Ok(())
+    }
+
+    /// The working state as a snapshot (reflects every commit).
+    pub fn snapshot(&self) -> ClusterSnapshot {
+        state::export(&self.nodes, &self.models)
+    }
+
+    /// Expected fragmentation (thousandths of a GPU, weighted by the target
+    /// workload) summed over all nodes.
+    pub fn fragmentation(&self) -> f64 {
+        (0..self.nodes.len())
+            .map(|i| self.frag.node_frag(i, self.nodes[i].cpu_cap.saturating_sub(self.nodes[i].cpu_used)))
+            .sum()
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn compile<'a>(&self, req: &'a PlacementRequest) -> Compiled<'a> {
+        let models = if req.constraints.gpu_models.is_empty() {
+            u64::MAX
+        } else {
+            req.constraints
+                .gpu_models
+                .iter()
+                .filter_map(|m| self.models.id(m))
+                .fold(0, |acc, id| acc | 1 << id)
+        };
+        Compiled {
+            req,
+            models,
+            kind: Kind::from_request(&req.gpu),
+            policy: req.policy.unwrap_or(self.config.default_policy),
+        }
+    }
+
+    /// The best (node, choice) among the candidates the index yields.
+    fn search(&self, c: &Compiled<'_>, seed: u64) -> Option<(usize, Choice)> {
+        let mut rng = SplitMix64::new(seed);
+        let order = match c.policy {
+            Policy::Binpack => Order::Tight,
+            Policy::Spread => Order::Loose,
+            _ => Order::Tight,
+        };
+        let mut buckets = self.index.buckets_for(&c.kind, c.models, order);
+        if !matches!(c.policy, Policy::Binpack | Policy::Spread) && !buckets.is_empty() {
+            let r = rng.below(buckets.len());
+            buckets.rotate_left(r);
+        }
+        let limit = self.config.candidate_limit.unwrap_or(usize::MAX).max(1);
+        let offsets: Vec<usize> =
+            buckets.iter().map(|&b| rng.below(self.index.bucket(b).len().max(1))).collect();
+        let walk = buckets.iter().zip(offsets).flat_map(|(&b, off)| {
+            let nodes = self.index.bucket(b);
+            (0..nodes.len()).map(move |k| nodes[(off + k) % nodes.len()] as usize)
+        });
+        self.best_of(walk, c, seed, limit)
+    }
+
+    /// A full scan answered from the score cache (`Ok(None)`: fits nowhere);
+    /// `None` when the engine samples candidates or the request is not cacheable.
+    fn place_cached(
+        &mut self,
+        req: &PlacementRequest,
+        seed: u64,
+    ) -> Option<Result<Option<Placement>, PlaceError>> {
+        if self.config.candidate_limit.is_some() {
+            return None;
+        }
+        if let Err(e) = validate(req) {
+            return Some(Err(e));
+        }
+        let policy = req.policy.unwrap_or(self.config.default_policy);
+        let key = Key::of(req, policy)?;
+        // Host memory decides feasibility only; it is checked per node below.
+        let mut no_mem = req.clone();
+        no_mem.memory_mib = 0;
+        let c = self.compile(&no_mem);
+        let entry = self.cache.entry(key, self.nodes.len());
+        let mut choices = Vec::with_capacity(8);
+        let mut best: Option<(f64, u64, usize, Choice)> = None;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if entry.seen[i] != self.versions[i] {
+                entry.best[i] = node_best(&self.frag, i, node, &c, &mut choices);
+                entry.seen[i] = self.versions[i];
+            }
+            let Some((cost, ch)) = entry.best[i] else { continue };
+            if matches!(best, Some((bc, ..)) if cost > bc)
+                || node.mem_cap.saturating_sub(node.mem_used) < req.memory_mib
+            {
+                continue;
+            }
+            let tie = tie_break(seed, i);
+            if best.is_none_or(|(bc, bt, ..)| cost < bc || (cost == bc && tie < bt)) {
+                best = Some((cost, tie, i, ch));
+            }
+        }
+        Some(Ok(best.map(|(_, _, i, ch)| self.placement(i, &ch, &c))))
+    }
+
+    /// Scores the feasible nodes of `candidates` (up to `limit` of them).
+    fn best_of(
+        &self,
+        candidates: impl Iterator<Item = usize>,
+        c: &Compiled<'_>,
+        seed: u64,
+        limit: usize,
+    ) -> Option<(usize, Choice)> {
+        let mut found = 0usize;
+        let mut best: Option<(f64, u64, usize, Choice)> = None;
+        let mut choices = Vec::with_capacity(8);
+        for i in candidates {
+            let Some((cost, ch)) = node_best(&self.frag, i, &self.nodes[i], c, &mut choices) else {
+                continue;
+            };
+            let tie = tie_break(seed, i);
+            let better = match &best {
+                None => true,
+                Some((bc, bt, _, _)) => cost < *bc || (cost == *bc && tie < *bt),
+            };
+            if better {
+                best = Some((cost, tie, i, ch));
+            }
+            found += 1;
+            if found >= limit {
+                break;
+            }
+        }
+        best.map(|(_, _, i, ch)| (i, ch))
+    }
+
+    fn placement(&self, i: usize, choice: &Choice, c: &Compiled<'_>) -> Placement {
+        Placement {
+            node: i,
+            node_name: self.nodes[i].name.clone(),
+            gpus: choice
+                .gpus()
+                .iter()
+                .map(|&g| GpuAssignment {
+                    gpu: usize::from(g),
+                    share: c.kind.share(choice, &self.nodes[i].gpus[usize::from(g)]),
+                })
+                .collect(),
+        }
+    }
+
+    /// Full pass over the cluster: each node's first failing check.
+    fn refusal(&self, c: &Compiled<'_>) -> Refusal {
+        let mut counts: Vec<(RefusalReason, usize)> = Vec::new();
+        let mut scratch = Vec::new();
+        for node in &self.nodes {
+            scratch.clear();
+            if let Err(r) = fit::choices(node, c, &mut scratch) {
+                let reason = RefusalReason::from_reject(r);
+                match counts.iter_mut().find(|(x, _)| *x == reason) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((reason, 1)),
+                }
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut wanted = c.req.gpu.describe();
+        if !c.req.constraints.gpu_models.is_empty() {
+            wanted.push_str(&format!(" of model {}", c.req.constraints.gpu_models.join("|")));
+        }
+        if c.req.cpu_milli > 0 || c.req.memory_mib > 0 {
+            wanted.push_str(&format!(" and {} mCPU / {} MiB free", c.req.cpu_milli, c.req.memory_mib));
+        }
+        Refusal { wanted, nodes_total: self.nodes.len(), reasons: counts }
+    }
+}
+
+/// Rejects malformed requests.
+fn validate(req: &PlacementRequest) -> Result<(), PlaceError> {
+    req.gpu.validate()?;
+    if let crate::request::GpuRequest::Mig { profile } = &req.gpu {
+        if !crate::mig::TABLES.iter().any(|t| t.profile(profile).is_ok()) {
+            return Err(RequestError::MigProfile(format!("unknown MIG profile {profile:?}")).into());
+        }
+    }
+    Ok(())
+}
+
+/// The seeded tie-break between equally good nodes.
+fn tie_break(seed: u64, i: usize) -> u64 {
+    mix(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// Node `i`'s cheapest choice for `c` (the first of equal ones), or `None`
+/// when `c` does not fit there.
+fn node_best(frag: &FragCache, i: usize, node: &Node, c: &Compiled<'_>, scratch: &mut Vec<Choice>) -> Best {
+    scratch.clear();
+    fit::choices(node, c, scratch).ok()?;
+    let mut best: Best = None;
+    for ch in scratch.iter() {
+        let cost = score::cost(c.policy, frag, i, node, ch, c);
+        if best.is_none_or(|(bc, _)| cost < bc) {
+            best = Some((cost, *ch));
+        }
+    }
+    best
+}
+
+/// One-shot convenience: builds an engine over `snapshot` and places `req`
+/// with `policy`, scoring every feasible node.
+pub fn place(
+    snapshot: &ClusterSnapshot,
+    req: &PlacementRequest,
+    policy: Policy,
+    seed: u64,
+) -> Result<Placement, PlaceError> {
+    let config = EngineConfig { default_policy: policy, candidate_limit: None, ..EngineConfig::default() };
+    let engine = Engine::new(snapshot, config).map_err(|e| PlaceError::Snapshot(e.to_string()))?;
+    engine.place(req, seed)
+}
