@@ -33,6 +33,9 @@ pub struct Session {
     /// Leader named by the last coordinator we spoke to.
     hint: Option<String>,
     failures: u32,
+    /// The address whose link failed last: not tried again first (it may be
+    /// the leader that just died, whose calls only time out).
+    last_failed: Option<String>,
 }
 
 /// Why a connection to a coordinator ended.
@@ -68,6 +71,7 @@ impl Session {
             next,
             hint: None,
             failures: 0,
+            last_failed: None,
         })
     }
 
@@ -95,6 +99,7 @@ impl Session {
                 }
                 End::Failed(reason) => {
                     self.failures += 1;
+                    self.last_failed = Some(addr.clone());
                     warn!(%addr, "coordinator link lost: {reason}");
                     systemd::ready(&format!("retrying: {addr}: {reason}"));
                     Duration::from_millis(200 * u64::from(self.failures.min(10)))
@@ -118,8 +123,8 @@ impl Session {
         if let Some(hint) = self.hint.take() {
             return hint;
         }
-        let addr = self.coordinators[self.next % self.coordinators.len()].clone();
-        self.next = self.next.wrapping_add(1);
+        let (addr, next) = next_candidate(&self.coordinators, self.next, self.last_failed.as_deref());
+        self.next = next;
         addr
     }
 
@@ -221,4 +226,50 @@ fn heartbeat_timer(every: Duration) -> tokio::time::Interval {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick
+}
+
+/// The next coordinator to try, round robin from `next`, passing over
+/// `avoid` when there is any other choice. Returns it and the new cursor.
+fn next_candidate(coordinators: &[String], next: usize, avoid: Option<&str>) -> (String, usize) {
+    let n = coordinators.len().max(1);
+    for step in 0..n {
+        let i = next.wrapping_add(step) % n;
+        let Some(addr) = coordinators.get(i) else { break };
+        if Some(addr.as_str()) != avoid || n == 1 {
+            return (addr.clone(), i.wrapping_add(1));
+        }
+    }
+    (coordinators.first().cloned().unwrap_or_default(), next.wrapping_add(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_candidate;
+
+    fn list() -> Vec<String> {
+        vec!["a".into(), "b".into(), "c".into()]
+    }
+
+    #[test]
+    fn round_robin_without_failures() {
+        let l = list();
+        let (a, n) = next_candidate(&l, 0, None);
+        let (b, n) = next_candidate(&l, n, None);
+        let (c, n) = next_candidate(&l, n, None);
+        let (d, _) = next_candidate(&l, n, None);
+        assert_eq!([a, b, c, d], ["a", "b", "c", "a"].map(String::from));
+    }
+
+    #[test]
+    fn the_failed_address_is_passed_over() {
+        let l = list();
+        assert_eq!(next_candidate(&l, 1, Some("b")), ("c".to_string(), 3));
+        assert_eq!(next_candidate(&l, 2, Some("c")), ("a".to_string(), 1));
+    }
+
+    #[test]
+    fn a_single_coordinator_is_retried_even_after_failing() {
+        let l = vec!["a".to_string()];
+        assert_eq!(next_candidate(&l, 5, Some("a")).0, "a");
+    }
 }
