@@ -115,14 +115,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn build_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
-    let path = cli.config.clone().or_else(|| {
-        let default = PathBuf::from(DEFAULT_CONFIG);
-        default.exists().then_some(default)
-    });
-    let mut c: AgentConfig = match &path {
-        Some(p) => gantry_common::config::load_toml(p)?,
-        None => AgentConfig::default(),
-    };
+    let mut c: AgentConfig =
+        gantry_common::config::load_or_default(cli.config.as_deref(), std::path::Path::new(DEFAULT_CONFIG))?;
     if let Some(v) = &cli.node_name {
         c.node_name = Some(v.clone());
     }

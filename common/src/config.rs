@@ -22,6 +22,19 @@ pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     parse_toml(&text).map_err(|message| ConfigError::Parse { path: path.display().to_string(), message })
 }
 
+/// Loads a daemon's config: the file given on the command line, else
+/// `default_path` when it exists (a packaged install), else built-in defaults.
+pub fn load_or_default<T: DeserializeOwned + Default>(
+    explicit: Option<&Path>,
+    default_path: &Path,
+) -> Result<T, ConfigError> {
+    match explicit {
+        Some(path) => load_toml(path),
+        None if default_path.exists() => load_toml(default_path),
+        None => Ok(T::default()),
+    }
+}
+
 /// Parses TOML text; the error is the parser's message (field, line, reason).
 pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
@@ -88,6 +101,29 @@ fn diff_values(prefix: &str, old: &serde_json::Value, new: &serde_json::Value, o
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Small {
+        level: String,
+    }
+
+    #[test]
+    fn load_or_default_prefers_explicit_then_default_path_then_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let explicit = dir.path().join("explicit.toml");
+        let default = dir.path().join("default.toml");
+        std::fs::write(&explicit, "level = \"debug\"\n").unwrap();
+        // No default file yet: built-in defaults.
+        assert_eq!(load_or_default::<Small>(None, &default).unwrap(), Small::default());
+        std::fs::write(&default, "level = \"warn\"\n").unwrap();
+        assert_eq!(load_or_default::<Small>(None, &default).unwrap().level, "warn");
+        assert_eq!(load_or_default::<Small>(Some(&explicit), &default).unwrap().level, "debug");
+        // An explicit file that does not exist is an error naming it, not a silent default.
+        let missing = dir.path().join("missing.toml");
+        let err = load_or_default::<Small>(Some(&missing), &default).unwrap_err().to_string();
+        assert!(err.contains("missing.toml"), "{err}");
+    }
 
     #[derive(serde::Serialize)]
     struct Cfg {

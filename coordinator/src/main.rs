@@ -106,14 +106,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn build_config(cli: &Cli) -> anyhow::Result<CoordinatorConfig> {
-    let path = cli.config.clone().or_else(|| {
-        let default = PathBuf::from(DEFAULT_CONFIG);
-        default.exists().then_some(default)
-    });
-    let mut c: CoordinatorConfig = match &path {
-        Some(p) => gantry_common::config::load_toml(p)?,
-        None => CoordinatorConfig::default(),
-    };
+    let mut c: CoordinatorConfig =
+        gantry_common::config::load_or_default(cli.config.as_deref(), std::path::Path::new(DEFAULT_CONFIG))?;
     if let Some(v) = cli.id {
         c.id = v;
     }
