@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{MigMode, NodeStatus};
+use crate::model::{GpuSharing, MigMode, NodeStatus};
+use crate::workload::WorkloadSpec;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ApiRequest {
@@ -33,6 +34,29 @@ pub enum ApiRequest {
     RemoveMember {
         id: u64,
     },
+    /// Creates or updates a workload (validated first; invalid changes nothing).
+    SubmitWorkload {
+        spec: Box<WorkloadSpec>,
+    },
+    Workloads,
+    /// One workload with its spec.
+    Workload {
+        name: String,
+    },
+    /// Allocations, of one workload or of all; stopped ones included.
+    Allocs {
+        workload: Option<String>,
+    },
+    /// Stops every replica of a workload and forgets it once they stopped.
+    StopWorkload {
+        name: String,
+    },
+    /// `drain: true` moves the node's allocations elsewhere and makes it
+    /// ineligible; `false` makes it eligible again.
+    DrainNode {
+        node: String,
+        drain: bool,
+    },
 }
 
 impl ApiRequest {
@@ -40,7 +64,12 @@ impl ApiRequest {
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            ApiRequest::SetNodeLabels { .. } | ApiRequest::AddMember { .. } | ApiRequest::RemoveMember { .. }
+            ApiRequest::SetNodeLabels { .. }
+                | ApiRequest::AddMember { .. }
+                | ApiRequest::RemoveMember { .. }
+                | ApiRequest::SubmitWorkload { .. }
+                | ApiRequest::StopWorkload { .. }
+                | ApiRequest::DrainNode { .. }
         )
     }
 }
@@ -54,6 +83,73 @@ pub enum ApiResponse {
     Committed {
         log_index: u64,
     },
+    Submitted(SubmitResult),
+    Workloads(Vec<WorkloadView>),
+    Workload(Box<WorkloadDetail>),
+    Allocs(Vec<AllocView>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubmitResult {
+    pub workload: String,
+    /// The version now current (unchanged when the spec was identical).
+    pub version: u64,
+    /// False when the same spec was already current.
+    pub changed: bool,
+    pub log_index: u64,
+}
+
+/// A workload's state as `gantryctl workloads` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadView {
+    pub name: String,
+    pub version: u64,
+    /// `docker` or `process`.
+    pub runtime: String,
+    /// Image or command.
+    pub target: String,
+    /// What each replica asks of GPUs, e.g. `1 free exclusive GPU(s)`.
+    pub gpu: String,
+    pub replicas: u32,
+    /// Replicas of the current version that run.
+    pub running: u32,
+    pub healthy: u32,
+    /// Replicas with no placement yet.
+    pub pending: u32,
+    /// `running` (all replicas healthy or running), `deploying`, `pending`, `degraded`, `stopping`.
+    pub status: String,
+    /// Why replicas are pending, when some are.
+    pub pending_reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadDetail {
+    pub view: WorkloadView,
+    pub spec: WorkloadSpec,
+}
+
+/// One allocation as `gantryctl allocs` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AllocView {
+    pub id: String,
+    pub workload: String,
+    pub replica: u32,
+    pub version: u64,
+    pub node: String,
+    /// Human description of each GPU share: `GPU 0`, `MIG 1g.10gb@0 on GPU 2`, `MPS 25% 10000MiB on GPU 1`.
+    pub gpus: Vec<String>,
+    /// Device ids handed to the workload (`GPU-…` / `MIG-…`), once the agent reported them.
+    pub devices: Vec<String>,
+    pub desired: String,
+    pub actual: String,
+    pub health: String,
+    pub restarts: u32,
+    pub message: String,
+    pub ports: BTreeMap<String, u16>,
+    /// `ADDRESS:PORT` of the first port, when the replica runs.
+    pub endpoint: Option<String>,
+    /// The agent's HTTP listener, which serves this allocation's logs.
+    pub agent_http: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +197,10 @@ pub struct NodeView {
     pub gpu_count: u32,
     pub gpu_backend: String,
     pub agent_version: String,
+    /// Drained by an operator: nothing new is placed there.
+    pub drained: bool,
+    /// Allocations on the node that hold resources.
+    pub allocs: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,6 +215,12 @@ pub struct GpuView {
     pub temperature_c: Option<u32>,
     pub power_w: Option<f64>,
     pub mig_mode: MigMode,
+    pub sharing: GpuSharing,
+    /// Allocations holding (part of) this GPU.
+    pub allocs: u32,
+    /// MPS control daemon clients; `None` when no daemon runs (or unknown).
+    pub mps_clients: Option<u32>,
+    pub mig_instances: Option<u32>,
     /// `healthy`, `degraded`, `unhealthy`, or `unknown` without telemetry.
     pub health: String,
     pub health_reason: Option<String>,

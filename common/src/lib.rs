@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`model`]: nodes, GPUs, telemetry — the nouns of the cluster.
+//! - [`workload`]: workload specs (and their TOML file), allocations, agent reports.
 //! - [`api`]: operator requests and the views they return (admin socket, remote API, forwarding).
 //! - [`identity`]: roles, ALPN names, and the identity a certificate proves.
 //! - [`wire`]: length-prefixed postcard frames and the QUIC messages.
@@ -31,3 +32,4 @@ pub mod shutdown;
 pub mod systemd;
 pub mod tls;
 pub mod wire;
+pub mod workload;

@@ -66,6 +66,42 @@ pub struct GpuInfo {
     pub mig_mode: MigMode,
     /// NVLink domain (GPUs in one domain are linked); `None` when not reported.
     pub nvlink_domain: Option<u32>,
+    /// How the GPU is shared between workloads (agent config `gpu_sharing`).
+    pub sharing: GpuSharing,
+}
+
+/// How one GPU is handed out: whole, as MIG instances, as MPS shares, or time-sliced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuSharing {
+    Exclusive,
+    Mig,
+    Mps,
+    Shared,
+}
+
+impl GpuSharing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuSharing::Exclusive => "exclusive",
+            GpuSharing::Mig => "mig",
+            GpuSharing::Mps => "mps",
+            GpuSharing::Shared => "shared",
+        }
+    }
+}
+
+impl std::str::FromStr for GpuSharing {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "exclusive" => Ok(GpuSharing::Exclusive),
+            "mig" => Ok(GpuSharing::Mig),
+            "mps" => Ok(GpuSharing::Mps),
+            "shared" => Ok(GpuSharing::Shared),
+            other => Err(format!("{other:?} is not one of exclusive, mig, mps, shared")),
+        }
+    }
 }
 
 /// One live sample of one GPU.
@@ -78,6 +114,10 @@ pub struct GpuTelemetry {
     pub temperature_c: u32,
     pub power_w: f64,
     pub health: GpuHealth,
+    /// Clients of the GPU's MPS control daemon; `None` when no daemon runs.
+    pub mps_clients: Option<u32>,
+    /// MIG instances that exist on the GPU (0 when MIG is off).
+    pub mig_instances: u32,
 }
 
 /// Host facts that do not change while the agent runs.
@@ -109,6 +149,10 @@ pub struct NodeInfo {
     pub agent_version: String,
     /// Which GPU backend produced `gpus`: `nvml` or `sim`.
     pub gpu_backend: String,
+    /// Address (IP or host name) where workloads' host ports are reachable.
+    pub address: String,
+    /// The agent's HTTP listener (`/metrics`, allocation logs); empty when off.
+    pub http_addr: String,
 }
 
 /// Liveness of a node as the leader decided it (replicated).

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiRequest, ApiResponse};
 use crate::model::{GpuTelemetry, HostTelemetry, NodeInfo};
+use crate::workload::{AllocReport, DesiredAlloc};
 
 /// Version of the wire protocol. Bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -46,6 +47,23 @@ pub enum AgentRequest {
     Register(NodeInfo),
     /// Liveness plus the latest telemetry sample.
     Heartbeat(Heartbeat),
+    /// The node's desired allocations, once they differ from `index` (a long
+    /// poll: the leader answers at once when they changed, else after up to
+    /// `wait_ms` with the same index).
+    WatchAllocs { node: String, index: u64, wait_ms: u64 },
+    /// What the agent observed of its allocations (only those that changed).
+    ReportAllocs { node: String, reports: Vec<AllocReport> },
+}
+
+impl AgentRequest {
+    /// The node the request speaks for (must match the certificate).
+    pub fn node(&self) -> &str {
+        match self {
+            AgentRequest::Register(info) => &info.name,
+            AgentRequest::Heartbeat(hb) => &hb.node,
+            AgentRequest::WatchAllocs { node, .. } | AgentRequest::ReportAllocs { node, .. } => node,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,6 +79,13 @@ pub struct Heartbeat {
 pub enum AgentResponse {
     Registered,
     HeartbeatAck,
+    /// Every allocation of the node that the agent should know about (to run
+    /// or to stop), as of `index`.
+    Allocs {
+        index: u64,
+        allocs: Vec<DesiredAlloc>,
+    },
+    ReportsAck,
     /// The node is not registered (for example after the state was reset): register again.
     UnknownNode,
     /// This coordinator is not the leader; try the hinted one.
@@ -117,9 +142,12 @@ mod tests {
                 memory_total_mib: 81_559,
                 mig_mode: MigMode::Enabled,
                 nvlink_domain: None,
+                sharing: GpuSharing::Mig,
             }],
             agent_version: "0.1.0".into(),
             gpu_backend: "sim".into(),
+            address: "127.0.0.1".into(),
+            http_addr: "127.0.0.1:9410".into(),
         }
     }
 
@@ -142,6 +170,8 @@ mod tests {
                     temperature_c: 40,
                     power_w: 123.4,
                     health,
+                    mps_clients: Some(2),
+                    mig_instances: 0,
                 }],
             }));
         }
@@ -149,6 +179,49 @@ mod tests {
             leader: Some(LeaderHint { id: 2, addr: "127.0.0.1:1".into() }),
         });
         round_trip(AgentResponse::Refused { reason: "no".into() });
+        let spec = crate::workload::parse_workload_toml(
+            "name = \"w\"\nimage = \"i\"\n[gpu]\nmode = \"mig\"\nprofile = \"1g.10gb\"\n[constraints]\nlabels_in = { z = [\"a\"] }\n",
+        )
+        .unwrap();
+        let alloc = crate::workload::Allocation {
+            id: "w.0.1".into(),
+            workload: "w".into(),
+            version: 1,
+            replica: 0,
+            node: "n1".into(),
+            gpus: vec![crate::workload::AllocGpu {
+                index: 0,
+                uuid: "GPU-1".into(),
+                share: gantry_placement::GpuShare::Mig { profile: "1g.10gb".into(), start: 2 },
+            }],
+            cpu_milli: 0,
+            memory_mib: 0,
+            desired: crate::workload::DesiredState::Run,
+            desired_reason: String::new(),
+            actual: crate::workload::ActualState::Running,
+            health: crate::workload::HealthState::Healthy,
+            restarts: 1,
+            message: String::new(),
+            ports: BTreeMap::from([("http".into(), 20001)]),
+            devices: vec!["MIG-1".into()],
+        };
+        round_trip(AgentResponse::Allocs {
+            index: 9,
+            allocs: vec![crate::workload::DesiredAlloc { alloc, spec: spec.clone() }],
+        });
+        round_trip(AgentRequest::ReportAllocs {
+            node: "n1".into(),
+            reports: vec![crate::workload::AllocReport {
+                id: "w.0.1".into(),
+                actual: crate::workload::ActualState::Failed,
+                health: crate::workload::HealthState::Unknown,
+                restarts: 3,
+                message: "exit 1".into(),
+                ports: BTreeMap::new(),
+                devices: vec![],
+            }],
+        });
+        round_trip(ApiCall(ApiRequest::SubmitWorkload { spec: Box::new(spec) }));
     }
 
     #[test]
@@ -184,6 +257,8 @@ mod tests {
             gpu_count: 1,
             gpu_backend: "sim".into(),
             agent_version: "v".into(),
+            drained: true,
+            allocs: 2,
         }]))));
         round_trip(ApiReply(Ok(ApiResponse::Gpus(vec![GpuView {
             node: "n1".into(),
@@ -196,6 +271,10 @@ mod tests {
             temperature_c: None,
             power_w: Some(1.0),
             mig_mode: MigMode::Unsupported,
+            sharing: GpuSharing::Mps,
+            allocs: 1,
+            mps_clients: Some(1),
+            mig_instances: None,
             health: "healthy".into(),
             health_reason: None,
         }]))));
