@@ -11,6 +11,12 @@
 //! | PUT    | `/v1/nodes/{name}/labels`     | `SetNodeLabels` (`{"set":{},"remove":[]}`) |
 //! | POST   | `/v1/cluster/members`         | `AddMember` (`{"id":4,"addr":"…"}`)  |
 //! | DELETE | `/v1/cluster/members/{id}`    | `RemoveMember`                       |
+//! | POST   | `/v1/workloads`               | `SubmitWorkload` (a `WorkloadSpec`)  |
+//! | GET    | `/v1/workloads`               | `Workloads`                          |
+//! | GET    | `/v1/workloads/{name}`        | `Workload`                           |
+//! | DELETE | `/v1/workloads/{name}`        | `StopWorkload`                       |
+//! | GET    | `/v1/allocs[?workload=NAME]`  | `Allocs`                             |
+//! | PUT    | `/v1/nodes/{name}/drain`      | `DrainNode` (`{"drain":true}`)       |
 //! | GET    | `/metrics`                    | Prometheus text                      |
 //! | GET    | `/healthz`                    | `ok` while the process serves        |
 
@@ -91,6 +97,10 @@ fn router(state: AdminState) -> Router {
         .route("/v1/nodes/{name}/labels", put(set_labels))
         .route("/v1/cluster/members", post(add_member))
         .route("/v1/cluster/members/{id}", delete(remove_member))
+        .route("/v1/workloads", post(submit_workload).get(workloads))
+        .route("/v1/workloads/{name}", get(workload).delete(stop_workload))
+        .route("/v1/allocs", get(allocs))
+        .route("/v1/nodes/{name}/drain", put(drain_node))
         .with_state(state)
 }
 
@@ -108,6 +118,55 @@ struct LabelsBody {
 struct MemberBody {
     id: u64,
     addr: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    drain: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllocsQuery {
+    workload: Option<String>,
+}
+
+async fn submit_workload(
+    AxState(s): AxState<AdminState>,
+    body: Result<Json<gantry_common::workload::WorkloadSpec>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(spec)) => run(&s, ApiRequest::SubmitWorkload { spec: Box::new(spec) }).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("request body: {}", e.body_text())),
+    }
+}
+
+async fn workloads(AxState(s): AxState<AdminState>) -> Response {
+    run(&s, ApiRequest::Workloads).await
+}
+
+async fn workload(AxState(s): AxState<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
+    run(&s, ApiRequest::Workload { name }).await
+}
+
+async fn stop_workload(AxState(s): AxState<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
+    run(&s, ApiRequest::StopWorkload { name }).await
+}
+
+async fn allocs(AxState(s): AxState<AdminState>, Query(q): Query<AllocsQuery>) -> Response {
+    run(&s, ApiRequest::Allocs { workload: q.workload }).await
+}
+
+async fn drain_node(
+    AxState(s): AxState<AdminState>,
+    UrlPath(node): UrlPath<String>,
+    body: Result<Json<DrainBody>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(b)) => run(&s, ApiRequest::DrainNode { node, drain: b.drain }).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("request body: {}", e.body_text())),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +233,13 @@ async fn run(s: &AdminState, req: ApiRequest) -> Response {
         Ok(ApiResponse::Gpus(v)) => Json(v).into_response(),
         Ok(ApiResponse::Committed { log_index }) => {
             Json(serde_json::json!({ "log_index": log_index })).into_response()
+        }
+        Ok(ApiResponse::Submitted(v)) => Json(v).into_response(),
+        Ok(ApiResponse::Workloads(v)) => Json(v).into_response(),
+        Ok(ApiResponse::Workload(v)) => Json(v).into_response(),
+        Ok(ApiResponse::Allocs(v)) => Json(v).into_response(),
+        Err(e) if e.contains("does not exist") || e.contains("is not registered") => {
+            error(StatusCode::NOT_FOUND, e)
         }
         Err(e) if e.starts_with("no leader") || e.starts_with("forwarding") => {
             error(StatusCode::SERVICE_UNAVAILABLE, e)

@@ -17,6 +17,8 @@
 //! - [`liveness`]: the pure heartbeat-deadline tracker.
 //! - [`telemetry`]: the leader's in-memory samples (never replicated).
 //! - [`leader_loop`]: leader-only periodic work (marking nodes down/ready).
+//! - [`scheduler`]: the pure planner and the leader's single plan applier.
+//! - [`views`]: workload and allocation views for operators.
 //! - [`admin`]: HTTP+JSON admin socket; [`metrics`]: its `/metrics`.
 //! - [`systemd`]: STATUS= lines that follow Raft, and the watchdog ping.
 //!
@@ -36,8 +38,10 @@ pub mod liveness;
 pub mod metrics;
 pub mod peer;
 pub mod raft;
+pub mod scheduler;
 pub mod service;
 pub mod start;
 pub mod state;
 pub mod systemd;
 pub mod telemetry;
+pub mod views;

@@ -28,6 +28,10 @@ pub struct Metrics {
     nodes: Family<StatusLabel, Gauge>,
     gpus: Gauge,
     heartbeats: Counter<u64, AtomicU64>,
+    workloads: Gauge,
+    allocs: Family<StatusLabel, Gauge>,
+    placements: Counter<u64, AtomicU64>,
+    placements_refused: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -55,7 +59,35 @@ impl Metrics {
             "Agent heartbeats received while leader",
             heartbeats.clone(),
         );
-        Metrics { registry: Arc::new(registry), term, is_leader, last_applied, nodes, gpus, heartbeats }
+        let workloads = Gauge::default();
+        let allocs = Family::<StatusLabel, Gauge>::default();
+        let placements = Counter::<u64, AtomicU64>::default();
+        let placements_refused = Counter::<u64, AtomicU64>::default();
+        registry.register("workloads", "Workloads in the cluster", workloads.clone());
+        registry.register("allocations", "Allocations by actual state", allocs.clone());
+        registry.register(
+            "placements_committed",
+            "Placements this coordinator committed while leader",
+            placements.clone(),
+        );
+        registry.register(
+            "placements_refused",
+            "Placements the plan re-check refused while this coordinator led",
+            placements_refused.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            term,
+            is_leader,
+            last_applied,
+            nodes,
+            gpus,
+            heartbeats,
+            workloads,
+            allocs,
+            placements,
+            placements_refused,
+        }
     }
 
     /// Refreshes every value and encodes the registry.
@@ -75,6 +107,20 @@ impl Metrics {
         self.nodes.get_or_create(&StatusLabel { status: "ready".into() }).set(ready as i64);
         self.nodes.get_or_create(&StatusLabel { status: "down".into() }).set(down as i64);
         self.gpus.set(gpus as i64);
+        let (workloads, by_state) = service.state.read(|s| {
+            let mut by_state = std::collections::BTreeMap::<&'static str, i64>::new();
+            for a in s.allocs.values() {
+                *by_state.entry(a.actual.as_str()).or_default() += 1;
+            }
+            (s.workloads.len(), by_state)
+        });
+        self.workloads.set(workloads as i64);
+        for (state, count) in by_state {
+            self.allocs.get_or_create(&StatusLabel { status: state.into() }).set(count);
+        }
+        let (placed, refused) = service.scheduler_stats.totals();
+        catch_up(&self.placements, placed);
+        catch_up(&self.placements_refused, refused);
         let received = service.telemetry.lock().heartbeats_received;
         let counted = self.heartbeats.get();
         if received > counted {
@@ -83,5 +129,13 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// Brings a counter up to a running total kept elsewhere.
+fn catch_up(counter: &Counter<u64, AtomicU64>, total: u64) {
+    let counted = counter.get();
+    if total > counted {
+        counter.inc_by(total - counted);
     }
 }

@@ -89,12 +89,14 @@ pub async fn run(
         state,
         telemetry: TelemetryStore::new(Duration::from_secs(config.node_down_after_secs)),
         peers,
+        scheduler_stats: Default::default(),
     };
     let admin_listener = admin::bind(&config.admin_socket)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(endpoint::serve(endpoint.clone(), service.clone(), stop_rx.clone()));
     tasks.spawn(leader_loop::run(service.clone(), stop_rx.clone()));
+    tasks.spawn(crate::scheduler::applier::run(service.clone(), stop_rx.clone()));
     tasks.spawn(watchdog::run(
         raft.clone(),
         config.id,

@@ -25,6 +25,9 @@ pub enum PeerResponse {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Api(Result<ApiResponse, String>),
+    /// A forwarded operator request reached a coordinator that no longer
+    /// leads; nothing was written.
+    NotLeader,
     /// The request did not match what this connection may carry.
     Refused(String),
 }

@@ -320,6 +320,8 @@ mod tests {
             gpus: vec![],
             agent_version: "0.1.0".into(),
             gpu_backend: "sim".into(),
+            address: "127.0.0.1".into(),
+            http_addr: String::new(),
         };
         Entry { log_id: log_id(index), payload: EntryPayload::Normal(Command::RegisterNode { info }) }
     }

@@ -2,14 +2,30 @@
 
 use gantry_common::model::{validate_name, NodeStatus};
 
+use super::apply_workloads as workloads;
 use super::{Command, CommandResponse, NodeRecord, State};
 
 /// Most labels a node may carry.
 pub const MAX_LABELS: usize = 64;
 
-/// Applies one command to the state.
+/// Applies one command to the state. A rejected or idempotent command
+/// leaves the state exactly as it was.
 pub fn apply(state: &mut State, command: &Command) -> CommandResponse {
+    state.revision += 1;
+    let response = apply_command(state, command);
+    if matches!(response, CommandResponse::Rejected { .. } | CommandResponse::Unchanged) {
+        state.revision -= 1;
+    }
+    response
+}
+
+fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
     match command {
+        Command::SubmitWorkload { spec } => workloads::submit(state, spec),
+        Command::StopWorkload { name } => workloads::stop_workload(state, name),
+        Command::DrainNode { node, drain } => workloads::drain(state, node, *drain),
+        Command::ApplyPlan(plan) => workloads::apply_plan(state, plan),
+        Command::ReportAllocs { node, reports } => workloads::report(state, node, reports),
         Command::RegisterNode { info } => {
             if let Err(reason) = validate_name("node.name", &info.name) {
                 return CommandResponse::Rejected { reason };
@@ -28,6 +44,8 @@ pub fn apply(state: &mut State, command: &Command) -> CommandResponse {
                             status: NodeStatus::Ready,
                             operator_labels: Default::default(),
                             registrations: 1,
+                            drained: false,
+                            alloc_revision: 0,
                         },
                     );
                 }
@@ -39,6 +57,9 @@ pub fn apply(state: &mut State, command: &Command) -> CommandResponse {
             Some(record) if record.status == *status => CommandResponse::Unchanged,
             Some(record) => {
                 record.status = *status;
+                if *status == NodeStatus::Down {
+                    workloads::node_down(state, node);
+                }
                 CommandResponse::Applied
             }
         },
@@ -105,10 +126,13 @@ mod tests {
                     memory_total_mib: 81_559,
                     mig_mode: MigMode::Disabled,
                     nvlink_domain: Some(0),
+                    sharing: gantry_common::model::GpuSharing::Exclusive,
                 })
                 .collect(),
             agent_version: "0.1.0".into(),
             gpu_backend: "sim".into(),
+            address: "127.0.0.1".into(),
+            http_addr: String::new(),
         }
     }
 

@@ -9,10 +9,14 @@
 //! is refused returns [`CommandResponse::Rejected`] and changes nothing.
 
 mod apply;
+mod apply_workloads;
+pub mod capacity;
 
 use std::collections::BTreeMap;
 
 use gantry_common::model::{NodeInfo, NodeStatus};
+pub use gantry_common::workload::NewAlloc;
+use gantry_common::workload::{AllocReport, Allocation, WorkloadSpec};
 use serde::{Deserialize, Serialize};
 
 pub use apply::apply;
@@ -21,6 +25,45 @@ pub use apply::apply;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub nodes: BTreeMap<String, NodeRecord>,
+    pub workloads: BTreeMap<String, WorkloadRecord>,
+    /// Every allocation by id, including stopped ones kept for history.
+    pub allocs: BTreeMap<String, Allocation>,
+    /// Sequence of the next allocation id.
+    pub next_alloc: u64,
+    /// Bumped by every applied command that changes something; nodes record
+    /// it when their desired allocations change (the agents' stream index).
+    pub revision: u64,
+}
+
+impl State {
+    /// Allocations placed on `node`.
+    pub fn allocs_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Allocation> + 'a {
+        self.allocs.values().filter(move |a| a.node == node)
+    }
+
+    /// Allocations of `workload`. Ids start with `<workload>.`, so this is a
+    /// range of the map, not a scan (the filter drops a workload whose name
+    /// merely extends this one's, like `a.b` for `a`).
+    pub fn allocs_of<'a>(&'a self, workload: &'a str) -> impl Iterator<Item = &'a Allocation> + 'a {
+        let prefix = format!("{workload}.");
+        self.allocs
+            .range(prefix.clone()..)
+            .take_while(move |(id, _)| id.starts_with(&prefix))
+            .map(|(_, a)| a)
+            .filter(move |a| a.workload == workload)
+    }
+}
+
+/// A workload as replicated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadRecord {
+    pub spec: WorkloadSpec,
+    /// Bumped by every accepted change of the spec.
+    pub version: u64,
+    /// `gantryctl stop` was asked: every replica stops, then the record goes.
+    pub stopping: bool,
+    /// Why replicas could not be placed at the last evaluation; `None` when all are placed.
+    pub pending_reason: Option<String>,
 }
 
 /// A registered node.
@@ -33,6 +76,10 @@ pub struct NodeRecord {
     pub operator_labels: BTreeMap<String, String>,
     /// How many times the node has (re-)registered.
     pub registrations: u64,
+    /// Drained by an operator: ineligible, its allocations move elsewhere.
+    pub drained: bool,
+    /// [`State::revision`] when the node's desired allocations last changed.
+    pub alloc_revision: u64,
 }
 
 impl NodeRecord {
@@ -53,6 +100,34 @@ pub enum Command {
     SetNodeStatus { node: String, status: NodeStatus },
     /// An operator changed labels.
     SetNodeLabels { node: String, set: BTreeMap<String, String>, remove: Vec<String> },
+    /// Creates or updates a workload.
+    SubmitWorkload { spec: WorkloadSpec },
+    /// Stops every replica of a workload; the record goes once they stopped.
+    StopWorkload { name: String },
+    /// Drains a node (or undrains it).
+    DrainNode { node: String, drain: bool },
+    /// The scheduler's decisions, re-checked one by one as they apply.
+    ApplyPlan(Plan),
+    /// What a node's agent observed of its allocations.
+    ReportAllocs { node: String, reports: Vec<AllocReport> },
+}
+
+/// One evaluation round's decisions for any number of workloads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub place: Vec<NewAlloc>,
+    /// Allocations to stop, with the reason.
+    pub stop: Vec<(String, String)>,
+    /// Allocations to bring to a newer, compatible version (only the replica count changed).
+    pub bump: Vec<(String, u64)>,
+    /// Per workload, the reason replicas stay pending (`None`: nothing pending).
+    pub pending: Vec<(String, Option<String>)>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.place.is_empty() && self.stop.is_empty() && self.bump.is_empty() && self.pending.is_empty()
+    }
 }
 
 /// What applying a [`Command`] produced.
@@ -65,4 +140,8 @@ pub enum CommandResponse {
     Unchanged,
     /// Refused; the state is as before.
     Rejected { reason: String },
+    /// A workload was submitted: its current version, and whether it changed.
+    Workload { version: u64, changed: bool },
+    /// A plan applied: the ids placed, and the placements refused by the re-check.
+    Plan { placed: Vec<String>, refused: Vec<String> },
 }

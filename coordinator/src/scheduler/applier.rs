@@ -1,0 +1,72 @@
+//! The leader's single plan applier: waits for the state to change (a
+//! submission, a report, a node going down, a plan applied) or for a slow
+//! tick (to retry pending workloads), plans a round and commits it. One
+//! round at a time: the next plan is computed on the state that already
+//! holds the previous one.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::plan::{cluster_telemetry, plan};
+use crate::service::Service;
+use crate::state::{Command, CommandResponse};
+
+/// Pending workloads are retried at least this often.
+const RETRY: Duration = Duration::from_secs(1);
+
+pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
+    let mut changes = service.state.subscribe();
+    let config = gantry_placement::EngineConfig::default();
+    let mut round: u64 = 0;
+    loop {
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        changes.borrow_and_update();
+        if !service.is_leader() {
+            continue;
+        }
+        round += 1;
+        let started = Instant::now();
+        let planned = {
+            let telemetry = service.telemetry.lock();
+            let samples =
+                cluster_telemetry(telemetry.samples.iter().map(|(n, s)| (n.as_str(), s.gpus.as_slice())));
+            service.state.read(|s| plan(s, &samples, &config, round))
+        };
+        let plan = match planned {
+            Ok(plan) if plan.is_empty() => continue,
+            Ok(plan) => plan,
+            Err(e) => {
+                warn!("cannot evaluate: {e}");
+                continue;
+            }
+        };
+        let (places, stops) = (plan.place.len(), plan.stop.len());
+        let plan_time = started.elapsed();
+        match service.write(Command::ApplyPlan(plan)).await {
+            Ok((index, CommandResponse::Plan { placed, refused })) => {
+                service.scheduler_stats.record(placed.len() as u64, refused.len() as u64);
+                info!(
+                    index,
+                    planned = places,
+                    placed = placed.len(),
+                    stopped = stops,
+                    refused = refused.len(),
+                    plan_ms = plan_time.as_secs_f64() * 1e3,
+                    commit_ms = (started.elapsed() - plan_time).as_secs_f64() * 1e3,
+                    "plan committed"
+                );
+                for r in refused.iter().take(5) {
+                    debug!("re-check refused {r}");
+                }
+            }
+            Ok((index, other)) => debug!(index, ?other, "plan applied"),
+            Err(e) => warn!("plan not committed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Scheduling, on the leader only.
+//!
+//! ```text
+//!   state changed / 1 s tick ─► plan (pure: snapshot → engine → Plan) ─► Raft: ApplyPlan ─► apply re-checks
+//! ```
+//!
+//! - [`plan`]: one evaluation round as a pure function.
+//! - [`applier`]: the single task that evaluates and commits plans, one at a
+//!   time, so plans never race each other on the leader.
+
+pub mod applier;
+pub mod plan;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Counters of the plan applier, for `/metrics`.
+#[derive(Clone, Default)]
+pub struct SchedulerStats {
+    placed: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+}
+
+impl SchedulerStats {
+    pub fn record(&self, placed: u64, refused: u64) {
+        self.placed.fetch_add(placed, Ordering::Relaxed);
+        self.refused.fetch_add(refused, Ordering::Relaxed);
+    }
+
+    /// (placements committed, placements refused by the re-check) since start.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.placed.load(Ordering::Relaxed), self.refused.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests;
