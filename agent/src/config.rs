@@ -4,8 +4,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use gantry_common::model::GpuSharing;
 use gantry_common::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
+
+use crate::workloads::ports::PortRange;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -16,6 +19,20 @@ pub enum GpuBackendKind {
     Sim,
 }
 
+/// How a Docker container gets its GPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DockerGpu {
+    /// `env` with the sim backend, `device-request` with nvml.
+    Auto,
+    /// A device request for the `nvidia` driver naming the device UUIDs (`docker run --gpus`).
+    DeviceRequest,
+    /// CDI device names `nvidia.com/gpu=<UUID>` (needs the NVIDIA CDI spec on the host).
+    Cdi,
+    /// Only `NVIDIA_VISIBLE_DEVICES` / `CUDA_VISIBLE_DEVICES` (the nvidia runtime as Docker's default).
+    Env,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
@@ -23,7 +40,7 @@ pub struct AgentConfig {
     pub node_name: Option<String>,
     /// Coordinator addresses (IP:PORT). The agent finds the leader among them.
     pub coordinators: Vec<String>,
-    /// Agent state (reserved for workload bookkeeping).
+    /// Agent state: `allocs.json`, process workloads' logs (`allocs/<id>/`), MPS directories (`mps/`).
     pub data_dir: PathBuf,
     /// How often GPUs are sampled and a heartbeat is sent.
     pub telemetry_interval_ms: u64,
@@ -32,8 +49,23 @@ pub struct AgentConfig {
     pub sim_gpus: String,
     /// Labels reported with the node (operators can add more with `gantryctl label`).
     pub labels: BTreeMap<String, String>,
-    /// Local HTTP address for `/metrics` and `/healthz`; empty to disable.
+    /// Local HTTP address for `/metrics`, `/healthz` and allocation logs; empty to disable.
     pub metrics_listen: String,
+    /// Address (IP or host name) where this node's workloads are reached on
+    /// their host ports, reported to the coordinators. Default: the host name.
+    pub advertise_address: Option<String>,
+    /// How each GPU is shared: GPU index or range to `exclusive`, `mig`,
+    /// `mps` or `shared`, e.g. `{ "0" = "mig", "1-3" = "mps" }`. Unnamed GPUs
+    /// are exclusive; a GPU whose MIG mode is on is always `mig`.
+    pub gpu_sharing: BTreeMap<String, GpuSharing>,
+    /// Host ports handed to workloads' named ports, `FIRST-LAST`.
+    pub port_range: String,
+    /// Docker engine socket; empty disables the docker runtime.
+    pub docker_socket: String,
+    /// How containers get GPUs: auto, device-request, cdi or env.
+    pub docker_gpu: DockerGpu,
+    /// The MPS control program the agent runs for GPUs in `mps` sharing (nvml backend).
+    pub mps_control: PathBuf,
     pub tls: TlsFiles,
     pub log_level: String,
 }
@@ -49,6 +81,12 @@ impl Default for AgentConfig {
             sim_gpus: "8xH100-80GB".to_string(),
             labels: BTreeMap::new(),
             metrics_listen: "127.0.0.1:9410".to_string(),
+            advertise_address: None,
+            gpu_sharing: BTreeMap::new(),
+            port_range: "20000-32000".to_string(),
+            docker_socket: "/var/run/docker.sock".to_string(),
+            docker_gpu: DockerGpu::Auto,
+            mps_control: PathBuf::from("nvidia-cuda-mps-control"),
             tls: TlsFiles {
                 ca: PathBuf::from("/etc/gantry/pki/ca.pem"),
                 cert: PathBuf::from("/etc/gantry/pki/agent.pem"),
@@ -96,7 +134,38 @@ impl AgentConfig {
         if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<SocketAddr>().is_err() {
             return Err(invalid("metrics_listen", format!("{:?} is not IP:PORT", self.metrics_listen)));
         }
+        self.gpu_sharing_by_index()?;
+        self.port_range()?;
+        if let Some(a) = &self.advertise_address {
+            let ok = !a.is_empty()
+                && a.len() <= 253
+                && a.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            if !ok {
+                return Err(invalid("advertise_address", format!("{a:?} is not an IP address or host name")));
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
         Ok(())
+    }
+
+    /// `gpu_sharing` by GPU index.
+    pub fn gpu_sharing_by_index(&self) -> Result<BTreeMap<u32, GpuSharing>, ConfigError> {
+        crate::gpu::sharing::parse_table(&self.gpu_sharing).map_err(|r| invalid("gpu_sharing", r))
+    }
+
+    pub fn port_range(&self) -> Result<PortRange, ConfigError> {
+        self.port_range.parse().map_err(|r| invalid("port_range", r))
+    }
+
+    /// `docker_gpu` with `auto` decided by the backend.
+    pub fn docker_gpu(&self) -> DockerGpu {
+        match (self.docker_gpu, self.gpu_backend) {
+            (DockerGpu::Auto, GpuBackendKind::Sim) => DockerGpu::Env,
+            (DockerGpu::Auto, GpuBackendKind::Nvml) => DockerGpu::DeviceRequest,
+            (other, _) => other,
+        }
     }
 }
 
@@ -136,6 +205,37 @@ mod tests {
         c.gpu_backend = GpuBackendKind::Sim;
         c.sim_gpus = "3xNope".into();
         assert!(c.validate().unwrap_err().to_string().contains("sim_gpus"));
+    }
+
+    #[test]
+    fn workload_keys_parse_and_name_their_field() {
+        let c: AgentConfig = gantry_common::config::parse_toml(
+            "coordinators = [\"127.0.0.1:7400\"]\nport_range = \"30000-30010\"\ndocker_gpu = \"cdi\"\n\
+             advertise_address = \"gpu-01.example\"\n[gpu_sharing]\n\"0\" = \"mig\"\n\"1-3\" = \"mps\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.gpu_sharing_by_index().unwrap().len(), 4);
+        assert_eq!(c.port_range().unwrap(), PortRange { first: 30_000, last: 30_010 });
+        assert_eq!(c.docker_gpu(), DockerGpu::Cdi);
+        assert_eq!(AgentConfig::default().docker_gpu(), DockerGpu::DeviceRequest);
+
+        let field = |c: &AgentConfig| match c.validate().unwrap_err() {
+            ConfigError::Invalid { field, .. } => field,
+            other => panic!("{other}"),
+        };
+        let mut bad = c.clone();
+        bad.gpu_sharing.insert("2".into(), GpuSharing::Shared);
+        assert_eq!(field(&bad), "gpu_sharing");
+        let mut bad = c.clone();
+        bad.port_range = "32000-20000".into();
+        assert_eq!(field(&bad), "port_range");
+        let mut bad = c.clone();
+        bad.advertise_address = Some("not an address".into());
+        assert_eq!(field(&bad), "advertise_address");
+        let err = gantry_common::config::parse_toml::<AgentConfig>("[gpu_sharing]\n\"0\" = \"sliced\"\n")
+            .unwrap_err();
+        assert!(err.contains("sliced"), "{err}");
     }
 
     #[test]

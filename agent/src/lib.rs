@@ -13,12 +13,17 @@
 //! - [`host`]: host facts and load from sysinfo.
 //! - [`sampler`]: one heartbeat's worth of samples; the last one kept for `/metrics`.
 //! - [`session`]: finding the leader, registering, heartbeating, failing over.
-//! - [`metrics`]: the local `/metrics` and `/healthz` endpoint.
+//! - [`workloads`]: running the node's allocations: the pure reconciler and
+//!   the manager task that drives it, health probes, host ports, MPS daemons.
+//! - [`runtime`]: how a workload runs: a process group or a Docker container.
+//! - [`metrics`]: the local `/metrics`, `/healthz` and allocation-log endpoint.
 
 pub mod config;
 pub mod gpu;
 pub mod host;
 pub mod metrics;
+pub mod runtime;
 pub mod sampler;
 pub mod session;
 pub mod start;
+pub mod workloads;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
-use gantry_agent::config::{parse_label, AgentConfig, GpuBackendKind};
+use gantry_agent::config::{parse_label, AgentConfig, DockerGpu, GpuBackendKind};
 use gantry_common::cli_docs::{self, DocKind};
 use gantry_common::{logging, reload};
 use tokio::sync::watch;
@@ -45,9 +45,27 @@ struct Cli {
     /// A node label KEY=VALUE; repeat for each.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// Local address of /metrics and /healthz ("" disables).
+    /// Local address of /metrics, /healthz and allocation logs ("" disables).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Address (IP or host name) where this node's workloads are reached (default: the host name).
+    #[arg(long)]
+    advertise_address: Option<String>,
+    /// How GPUs are shared, e.g. 0=mig,1-3=mps,4=shared (others exclusive); replaces the file's table.
+    #[arg(long, value_parser = gantry_agent::gpu::sharing::parse_flag)]
+    gpu_sharing: Option<std::collections::BTreeMap<String, gantry_common::model::GpuSharing>>,
+    /// Host ports for workloads, FIRST-LAST (default 20000-32000).
+    #[arg(long)]
+    port_range: Option<String>,
+    /// Docker engine socket for docker workloads ("" disables the docker runtime).
+    #[arg(long)]
+    docker_socket: Option<String>,
+    /// How containers get GPUs.
+    #[arg(long, value_enum)]
+    docker_gpu: Option<DockerGpu>,
+    /// The MPS control program (nvml backend; default nvidia-cuda-mps-control).
+    #[arg(long)]
+    mps_control: Option<PathBuf>,
     /// Cluster CA certificate (PEM).
     #[arg(long)]
     tls_ca: Option<PathBuf>,
@@ -138,6 +156,24 @@ fn build_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
     c.labels.extend(cli.labels.iter().cloned());
     if let Some(v) = &cli.metrics_listen {
         c.metrics_listen = v.clone();
+    }
+    if let Some(v) = &cli.advertise_address {
+        c.advertise_address = Some(v.clone());
+    }
+    if let Some(v) = &cli.gpu_sharing {
+        c.gpu_sharing = v.clone();
+    }
+    if let Some(v) = &cli.port_range {
+        c.port_range = v.clone();
+    }
+    if let Some(v) = &cli.docker_socket {
+        c.docker_socket = v.clone();
+    }
+    if let Some(v) = cli.docker_gpu {
+        c.docker_gpu = v;
+    }
+    if let Some(v) = &cli.mps_control {
+        c.mps_control = v.clone();
     }
     if let Some(v) = &cli.tls_ca {
         c.tls.ca = v.clone();

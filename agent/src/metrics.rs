@@ -1,28 +1,47 @@
 //! The agent's local HTTP endpoint: `/metrics` (Prometheus text of the last
-//! sample) and `/healthz`.
+//! sample), `/healthz`, and allocation logs:
+//!
+//! `GET /v1/allocs/{id}/logs?follow=true|false&tail=<bytes>` answers
+//! `text/plain`: stdout then stderr for a process (each cut to its last
+//! `tail` bytes), the engine's interleaved log for a container. With
+//! `follow=true` the body is chunked and goes on while the workload runs.
+//! An unknown allocation is a 404 that says so.
 
 use std::fmt::Write as _;
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use gantry_common::model::GpuTelemetry;
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::runtime::LogRequest;
 use crate::sampler::{AgentStatus, StatusInner};
+use crate::workloads::manager::{Logs, LogsError};
 
+#[derive(Clone)]
+struct AppState {
+    status: AgentStatus,
+    logs: Option<Logs>,
+}
+
+/// Serves until `shutdown` turns true. Without `logs` the log route answers 404.
 pub async fn serve(
     listener: TcpListener,
     status: AgentStatus,
+    logs: Option<Logs>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
-        .with_state(status);
+        .route("/v1/allocs/{id}/logs", get(alloc_logs))
+        .with_state(AppState { status, logs });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
@@ -30,8 +49,37 @@ pub async fn serve(
         .await
 }
 
-async fn metrics(State(status): State<AgentStatus>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&status.snapshot()))
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&state.status.snapshot()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<u64>,
+}
+
+async fn alloc_logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let text = |code: StatusCode, message: String| {
+        (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{message}\n")).into_response()
+    };
+    let Some(logs) = state.logs else {
+        return text(StatusCode::NOT_FOUND, format!("no allocation {id:?} on this node (workloads are off)"));
+    };
+    match logs.open(&id, LogRequest { follow: q.follow, tail: q.tail }).await {
+        Ok(stream) => {
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(stream)).into_response()
+        }
+        Err(e @ LogsError::UnknownAlloc(_)) => text(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ LogsError::NotStarted(_)) => text(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => text(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
 }
 
 /// A per-GPU gauge: name, help text, and how to read it from a sample.
@@ -80,6 +128,7 @@ mod tests {
                 memory_total_mib: 23_034,
                 mig_mode: MigMode::Unsupported,
                 nvlink_domain: None,
+                sharing: gantry_common::model::GpuSharing::Exclusive,
             }],
             host: None,
             telemetry: vec![GpuTelemetry {
@@ -89,6 +138,8 @@ mod tests {
                 temperature_c: 50,
                 power_w: 31.5,
                 health: GpuHealth::Unhealthy("Xid 79".into()),
+                mps_clients: None,
+                mig_instances: 0,
             }],
             leader: Some("127.0.0.1:7400".into()),
             heartbeats_sent: 3,

@@ -7,7 +7,7 @@ use gantry_common::model::{GpuInfo, GpuTelemetry, HostTelemetry, NodeInfo};
 use gantry_common::wire::Heartbeat;
 use tracing::warn;
 
-use crate::gpu::GpuBackend;
+use crate::gpu::Gpus;
 use crate::host::HostSampler;
 
 /// What the agent last saw and where it reports; shared with `/metrics`.
@@ -46,16 +46,29 @@ impl AgentStatus {
 }
 
 pub struct Sampler {
-    gpus: Box<dyn GpuBackend>,
+    gpus: Gpus,
     host: HostSampler,
     node: String,
     seq: u64,
     status: AgentStatus,
+    address: String,
+    http_addr: String,
 }
 
 impl Sampler {
-    pub fn new(gpus: Box<dyn GpuBackend>, host: HostSampler, node: String, status: AgentStatus) -> Sampler {
-        Sampler { gpus, host, node, seq: 0, status }
+    pub fn new(gpus: Gpus, host: HostSampler, node: String, status: AgentStatus) -> Sampler {
+        Sampler { gpus, host, node, seq: 0, status, address: String::new(), http_addr: String::new() }
+    }
+
+    /// The node this agent speaks for.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Where workloads and the agent's HTTP listener are reached, reported at registration.
+    pub fn set_endpoints(&mut self, address: String, http_addr: String) {
+        self.address = address;
+        self.http_addr = http_addr;
     }
 
     /// The node's static facts, for registration.
@@ -72,6 +85,8 @@ impl Sampler {
             gpus,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             gpu_backend: self.gpus.name().to_string(),
+            address: self.address.clone(),
+            http_addr: self.http_addr.clone(),
         })
     }
 

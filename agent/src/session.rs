@@ -1,8 +1,15 @@
 //! The agent's link to the control plane: find the leader among the
-//! configured coordinators, register, then heartbeat every interval. When the
-//! leader dies or steps down, move to the one it names (or the next address).
+//! configured coordinators, register, then, on one connection and side by side:
+//!
+//! - heartbeat every interval;
+//! - follow the node's desired allocations (a long poll with an index, so a
+//!   reconnect anywhere converges) and hand them to the workload manager;
+//! - send the manager's reports when they change.
+//!
+//! When the leader dies or steps down, move to the one it names (or the next address).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_common::identity::ALPN_AGENT;
@@ -10,15 +17,23 @@ use gantry_common::rpc::{self, RpcError};
 use gantry_common::systemd;
 use gantry_common::tls::{self, Identity, COORDINATOR_SERVER_NAME};
 use gantry_common::wire::{AgentRequest, AgentResponse, DEFAULT_MAX_FRAME};
+use gantry_common::workload::AllocReport;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::sampler::{AgentStatus, Sampler};
+use crate::workloads::link::{DesiredSet, SessionSide};
 
 const SOFTWARE: &str = concat!("gantry-agent ", env!("CARGO_PKG_VERSION"));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const REFUSED_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the leader may hold an allocation watch open.
+const WATCH_WAIT: Duration = Duration::from_secs(15);
+/// Reports are sent at most this often (changes in between are batched).
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+/// And at least this often, so a lost answer is repaired.
+const REPORT_REFRESH: Duration = Duration::from_secs(10);
 
 pub struct Session {
     endpoint: quinn::Endpoint,
@@ -36,6 +51,9 @@ pub struct Session {
     /// The address whose link failed last: not tried again first (it may be
     /// the leader that just died, whose calls only time out).
     last_failed: Option<String>,
+    /// Where desired allocations go (shared with the watch task).
+    desired: Arc<watch::Sender<Option<DesiredSet>>>,
+    reports: watch::Receiver<BTreeMap<String, AllocReport>>,
 }
 
 /// Why a connection to a coordinator ended.
@@ -56,6 +74,7 @@ impl Session {
         labels: BTreeMap<String, String>,
         interval: watch::Receiver<Duration>,
         status: AgentStatus,
+        link: SessionSide,
     ) -> Result<Session, crate::start::StartError> {
         let endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
             .map_err(|e| crate::start::StartError::Endpoint(e.to_string()))?;
@@ -72,6 +91,8 @@ impl Session {
             hint: None,
             failures: 0,
             last_failed: None,
+            desired: Arc::new(link.desired),
+            reports: link.reports,
         })
     }
 
@@ -173,9 +194,27 @@ impl Session {
                 self.failures = 0;
                 self.status.set_leader(Some(addr.to_string()));
             }
-            Ok(other) => return self.unexpected(other),
+            Ok(other) => return unexpected(other),
             Err(e) => return e,
         }
+        let node = info_name(sampler);
+        let desired = Arc::clone(&self.desired);
+        let watching = watch_allocs(conn, addr, &node, &desired);
+        let reporting = send_reports(conn, addr, &node, self.reports.clone());
+        tokio::select! {
+            end = self.heartbeats(conn, addr, sampler, shutdown) => end,
+            end = watching => end,
+            end = reporting => end,
+        }
+    }
+
+    async fn heartbeats(
+        &mut self,
+        conn: &quinn::Connection,
+        addr: &str,
+        sampler: &mut Sampler,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
         let mut tick = heartbeat_timer(*self.interval.borrow_and_update());
         loop {
             tokio::select! {
@@ -195,7 +234,7 @@ impl Session {
                     // The leader lost our registration (e.g. a fresh cluster): register again here.
                     return End::Redirect(Some(addr.to_string()));
                 }
-                Ok(other) => return self.unexpected(other),
+                Ok(other) => return unexpected(other),
                 Err(e) => return e,
             }
         }
@@ -207,17 +246,105 @@ impl Session {
         addr: &str,
         req: AgentRequest,
     ) -> Result<AgentResponse, End> {
-        rpc::call(conn, addr, &req, DEFAULT_MAX_FRAME, CALL_TIMEOUT).await.map_err(|e| match e {
-            RpcError::Refused { reason, .. } => End::Refused(reason),
-            e => End::Failed(e.to_string()),
-        })
+        call(conn, addr, req, CALL_TIMEOUT).await
     }
+}
 
-    fn unexpected(&self, resp: AgentResponse) -> End {
-        match resp {
-            AgentResponse::NotLeader { leader } => End::Redirect(leader.map(|l| l.addr)),
-            AgentResponse::Refused { reason } => End::Refused(reason),
-            other => End::Failed(format!("unexpected answer {other:?}")),
+fn info_name(sampler: &Sampler) -> String {
+    sampler.node().to_string()
+}
+
+async fn call(
+    conn: &quinn::Connection,
+    addr: &str,
+    req: AgentRequest,
+    timeout: Duration,
+) -> Result<AgentResponse, End> {
+    rpc::call(conn, addr, &req, DEFAULT_MAX_FRAME, timeout).await.map_err(|e| match e {
+        RpcError::Refused { reason, .. } => End::Refused(reason),
+        e => End::Failed(e.to_string()),
+    })
+}
+
+fn unexpected(resp: AgentResponse) -> End {
+    match resp {
+        AgentResponse::NotLeader { leader } => End::Redirect(leader.map(|l| l.addr)),
+        AgentResponse::Refused { reason } => End::Refused(reason),
+        other => End::Failed(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// Follows the node's desired allocations. The first call asks for an
+/// index no revision has, so the leader answers at once.
+async fn watch_allocs(
+    conn: &quinn::Connection,
+    addr: &str,
+    node: &str,
+    desired: &watch::Sender<Option<DesiredSet>>,
+) -> End {
+    let mut index = u64::MAX;
+    loop {
+        let req = AgentRequest::WatchAllocs {
+            node: node.to_string(),
+            index,
+            wait_ms: WATCH_WAIT.as_millis() as u64,
+        };
+        match call(conn, addr, req, WATCH_WAIT + CALL_TIMEOUT * 2).await {
+            Ok(AgentResponse::Allocs { index: next, allocs }) => {
+                if next != index {
+                    debug!(index = next, allocs = allocs.len(), "desired allocations changed");
+                }
+                index = next;
+                let set = DesiredSet { index, allocs };
+                desired.send_if_modified(|current| {
+                    if current.as_ref() == Some(&set) {
+                        false
+                    } else {
+                        *current = Some(set);
+                        true
+                    }
+                });
+            }
+            Ok(AgentResponse::UnknownNode) => return End::Redirect(Some(addr.to_string())),
+            Ok(other) => return unexpected(other),
+            Err(e) => return e,
+        }
+    }
+}
+
+/// Sends what changed in the manager's reports since the last accepted
+/// send, batched, and everything again now and then.
+async fn send_reports(
+    conn: &quinn::Connection,
+    addr: &str,
+    node: &str,
+    mut reports: watch::Receiver<BTreeMap<String, AllocReport>>,
+) -> End {
+    let mut sent: BTreeMap<String, AllocReport> = BTreeMap::new();
+    let mut refresh = tokio::time::Instant::now() + REPORT_REFRESH;
+    loop {
+        let current = reports.borrow_and_update().clone();
+        let changed: Vec<AllocReport> =
+            current.values().filter(|r| sent.get(&r.id) != Some(*r)).cloned().collect();
+        if !changed.is_empty() {
+            let req = AgentRequest::ReportAllocs { node: node.to_string(), reports: changed };
+            match call(conn, addr, req, CALL_TIMEOUT).await {
+                Ok(AgentResponse::ReportsAck) => sent = current,
+                Ok(AgentResponse::UnknownNode) => return End::Redirect(Some(addr.to_string())),
+                Ok(other) => return unexpected(other),
+                Err(e) => return e,
+            }
+        }
+        tokio::time::sleep(REPORT_EVERY).await;
+        tokio::select! {
+            r = reports.changed() => if r.is_err() {
+                // The manager is gone (the agent is stopping): nothing more to report.
+                std::future::pending::<()>().await;
+            },
+            _ = tokio::time::sleep_until(refresh) => {
+                sent.clear();
+                refresh = tokio::time::Instant::now() + REPORT_REFRESH;
+            }
         }
     }
 }

@@ -1,21 +1,32 @@
-//! `run`: builds the agent's parts and runs them together.
+//! `run`: builds the agent's parts and runs them together: the GPU backend
+//! (shared by the sampler and the workload manager), the workload manager and
+//! its runtimes, the local HTTP listener, and the session, linked to the
+//! manager by [`crate::workloads::link`].
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_common::gpu_spec::parse_gpu_spec;
 use gantry_common::identity::Role;
+use gantry_common::model::{GpuSharing, MigMode};
 use gantry_common::tls::{self, Identity};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{AgentConfig, GpuBackendKind};
 use crate::gpu::nvml::NvmlBackend;
+use crate::gpu::sharing::{self, SharingError};
 use crate::gpu::sim::SimBackend;
-use crate::gpu::{GpuBackend, GpuError};
+use crate::gpu::{GpuBackend, GpuError, Gpus};
 use crate::host::HostSampler;
+use crate::runtime::docker::DockerRuntime;
+use crate::runtime::process::ProcessRuntime;
 use crate::sampler::{AgentStatus, Sampler};
 use crate::session::Session;
+use crate::workloads::link::link;
+use crate::workloads::manager::{Manager, ManagerConfig, ManagerError, Runtimes, TICK};
+use crate::workloads::mps::{Mps, MpsControl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -29,10 +40,27 @@ pub enum StartError {
     NameMismatch { configured: String, cert: String },
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    #[error(transparent)]
+    Sharing(#[from] SharingError),
+    #[error("gpu_sharing: {0}")]
+    SimMig(GpuError),
+    #[error("data_dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Workloads(#[from] ManagerError),
     #[error("QUIC endpoint: {0}")]
     Endpoint(String),
     #[error("metrics_listen {addr}: {reason}")]
     Metrics { addr: String, reason: String },
+}
+
+/// This host's name, for `advertise_address`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".to_string())
 }
 
 /// Runs the agent until `shutdown` completes. `telemetry_interval` starts at
@@ -41,8 +69,8 @@ pub enum StartError {
 /// Under systemd, READY=1 goes out after the first registration attempt,
 /// whether it registered or will retry (`session`): an agent whose
 /// coordinators are down is still doing its job, which includes leaving
-/// running workloads alone. On shutdown the in-flight report finishes and
-/// nothing touches workloads.
+/// running workloads alone. On shutdown the in-flight report finishes, the
+/// workload manager saves its state, and no workload is stopped.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
@@ -59,18 +87,64 @@ pub async fn run(
             return Err(StartError::NameMismatch { configured: configured.clone(), cert: node });
         }
     }
+    let sharing_config = config.gpu_sharing_by_index()?;
     let backend: Box<dyn GpuBackend> = match config.gpu_backend {
         GpuBackendKind::Nvml => Box::new(NvmlBackend::open()?),
         GpuBackendKind::Sim => {
             let groups = parse_gpu_spec(&config.sim_gpus)
                 .map_err(|reason| crate::config::ConfigError::Invalid { field: "sim_gpus", reason })?;
-            Box::new(SimBackend::new(&node, &groups))
+            let mut sim = SimBackend::new(&node, &groups);
+            // On the sim, `mig` plays the operator who enabled MIG mode.
+            for (&index, _) in sharing_config.iter().filter(|(_, s)| **s == GpuSharing::Mig) {
+                if index < sim.gpu_count() {
+                    sim.set_mig_mode(index, MigMode::Enabled).map_err(StartError::SimMig)?;
+                }
+            }
+            Box::new(sim)
         }
     };
+    let sharing = sharing::resolve(&backend.inventory()?, &sharing_config)?;
+    let gpus = Gpus::new(backend, sharing);
     let status = AgentStatus::default();
-    let mut sampler = Sampler::new(backend, HostSampler::new(), node.clone(), status.clone());
-    let gpus = sampler.node_info(config.labels.clone())?.gpus.len();
-    info!(%node, backend = ?config.gpu_backend, gpus, coordinators = ?config.coordinators, "agent starting");
+    let mut sampler = Sampler::new(gpus.clone(), HostSampler::new(), node.clone(), status.clone());
+    let advertise = config.advertise_address.clone().unwrap_or_else(host_name);
+    sampler.set_endpoints(advertise.clone(), config.metrics_listen.clone());
+    let gpu_count = sampler.node_info(config.labels.clone())?.gpus.len();
+    info!(%node, backend = ?config.gpu_backend, gpus = gpu_count, %advertise, coordinators = ?config.coordinators, "agent starting");
+
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    let docker = if config.docker_socket.is_empty() {
+        None
+    } else {
+        match DockerRuntime::connect(&config.docker_socket, config.docker_gpu()).await {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                warn!("docker runtime off: {e}; docker workloads will fail until the agent restarts");
+                None
+            }
+        }
+    };
+    let runtimes = Runtimes { process: Arc::new(ProcessRuntime::new()), docker };
+    let mps_control = match config.gpu_backend {
+        GpuBackendKind::Sim => MpsControl::Modelled(gpus.clone()),
+        GpuBackendKind::Nvml => MpsControl::Program(config.mps_control.clone()),
+    };
+    let mps = Arc::new(Mps::new(mps_control, config.data_dir.join("mps")));
+    let (session_side, manager_side) = link();
+    let manager = Manager::new(
+        ManagerConfig {
+            node: node.clone(),
+            data_dir: config.data_dir.clone(),
+            port_range: config.port_range()?,
+            tick: TICK,
+        },
+        gpus,
+        runtimes,
+        mps,
+        manager_side,
+    )?;
+    let logs = manager.logs();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics_task = if config.metrics_listen.is_empty() {
@@ -81,7 +155,7 @@ pub async fn run(
         })?;
         let (status, stop_rx) = (status.clone(), stop_rx.clone());
         Some(tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(listener, status, stop_rx).await {
+            if let Err(e) = crate::metrics::serve(listener, status, Some(logs), stop_rx).await {
                 warn!("metrics endpoint stopped: {e}");
             }
         }))
@@ -92,12 +166,14 @@ pub async fn run(
         config.labels.clone(),
         telemetry_interval,
         status,
+        session_side,
     )?;
     // The agent has no inner state that can fail on its own: a responsive runtime is healthy.
     let mut watchdog_stop = stop_rx.clone();
     let watchdog = tokio::spawn(gantry_common::systemd::watchdog(|| true, async move {
         let _ = watchdog_stop.wait_for(|stop| *stop).await;
     }));
+    let workloads = tokio::spawn(manager.run(stop_rx.clone()));
     let reporter = tokio::spawn(async move { session.run(&mut sampler, stop_rx).await });
 
     shutdown.await;
@@ -106,6 +182,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = watchdog.await;
     let _ = reporter.await;
+    let _ = workloads.await;
     if let Some(task) = metrics_task {
         let _ = task.await;
     }

@@ -19,18 +19,25 @@
 //!
 //! A metric NVML cannot read for another reason is reported as 0 and the GPU
 //! as `Degraded`, so one flaky query neither hides the GPU nor takes it out.
+//!
+//! Workload devices: the agent never creates or destroys MIG instances on
+//! real hardware (the operator does, with `nvidia-smi mig`). The NVML binding
+//! this agent uses (nvml-wrapper 0.11) has no MIG device API, so a MIG
+//! allocation fails with a message that says so and how to create the
+//! instance; `mig_instances` is reported as 0. MPS client counts come from
+//! the control daemons the agent runs (see `workloads::mps`).
 
 use std::ffi::OsStr;
 use std::sync::OnceLock;
 
-use gantry_common::model::{GpuHealth, GpuInfo, GpuTelemetry, MigMode};
+use gantry_common::model::{GpuHealth, GpuInfo, GpuSharing, GpuTelemetry, MigMode};
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError, TemperatureSensor};
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, EventSet, Nvml};
 
-use super::{GpuBackend, GpuError};
+use super::{GpuBackend, GpuError, Running};
 
 /// The driver's NVML library (the unversioned `.so` only comes with dev packages).
 pub const NVML_LIBRARY: &str = "libnvidia-ml.so.1";
@@ -44,6 +51,8 @@ pub struct NvmlBackend {
     xid_watches: Vec<XidWatch>,
     /// Last fatal Xid seen per GPU index (sticky, see the module docs).
     fatal_xid: Vec<Option<u64>>,
+    /// Clients of the MPS control daemons the agent runs, by GPU index.
+    mps_clients: std::collections::BTreeMap<u32, u32>,
 }
 
 struct XidWatch {
@@ -62,7 +71,13 @@ impl NvmlBackend {
         let nvml = shared_nvml(NVML_LIBRARY)?;
         let count = nvml.device_count().map_err(nvml_error("device count"))?;
         let xid_watches = (0..count).filter_map(|index| watch_xid(nvml, index)).collect();
-        Ok(NvmlBackend { nvml, count, xid_watches, fatal_xid: vec![None; count as usize] })
+        Ok(NvmlBackend {
+            nvml,
+            count,
+            xid_watches,
+            fatal_xid: vec![None; count as usize],
+            mps_clients: Default::default(),
+        })
     }
 
     fn device(&self, index: u32) -> Result<Device<'static>, NvmlError> {
@@ -113,6 +128,8 @@ impl NvmlBackend {
                     temperature_c: 0,
                     power_w: 0.0,
                     health: judge_health(&signals),
+                    mps_clients: None,
+                    mig_instances: 0,
                 };
             }
         };
@@ -134,6 +151,8 @@ impl NvmlBackend {
             temperature_c,
             power_w,
             health: judge_health(&signals),
+            mps_clients: self.mps_clients.get(&index).copied(),
+            mig_instances: 0,
         }
     }
 }
@@ -163,6 +182,7 @@ impl GpuBackend for NvmlBackend {
                 memory_total_mib,
                 mig_mode,
                 nvlink_domain: None,
+                sharing: if mig_mode == MigMode::Enabled { GpuSharing::Mig } else { GpuSharing::Exclusive },
             });
             bus_ids.push(device.pci_info().map(|p| p.bus_id).unwrap_or_default());
             remotes.push(nvlink_remotes(&device));
@@ -176,6 +196,50 @@ impl GpuBackend for NvmlBackend {
     fn sample(&mut self) -> Result<Vec<GpuTelemetry>, GpuError> {
         self.poll_xid();
         Ok((0..self.count).map(|index| self.sample_one(index)).collect())
+    }
+
+    fn open_mig(&mut self, index: u32, profile: &str, start: u8) -> Result<String, GpuError> {
+        if index >= self.count {
+            return Err(GpuError::NoSuchGpu { index, count: self.count });
+        }
+        let device = self.device(index).map_err(nvml_error("device handle"))?;
+        let mode = mig_mode_from(device.mig_mode().map(|m| m.current)).map_err(nvml_error("MIG mode"))?;
+        if mode != MigMode::Enabled {
+            let model = device.name().unwrap_or_default();
+            return Err(GpuError::MigOff { index, model });
+        }
+        let name = device.name().unwrap_or_default();
+        let memory_mib = device.memory_info().map(|m| bytes_to_mib(m.total)).unwrap_or(0);
+        let model = short_model_name(&name, memory_mib);
+        let missing = |detail: String| GpuError::MigInstanceMissing {
+            index,
+            profile: profile.to_string(),
+            start,
+            detail,
+        };
+        let table = gantry_placement::mig::table_for_model(&model)
+            .ok_or_else(|| missing(format!("; {model} has no known MIG geometry")))?;
+        let wanted = table.profile(profile).map_err(|source| GpuError::MigGeometry { index, source })?;
+        let devices = super::nvml_mig::list(NVML_LIBRARY, &device).map_err(|e| missing(format!("; {e}")))?;
+        match super::nvml_mig::find(&devices, start, wanted.memory_slices) {
+            Some(d) => Ok(d.uuid.clone()),
+            None => {
+                let have: Vec<String> = devices.iter().map(|d| format!("{}:{}", d.start, d.size)).collect();
+                Err(missing(format!(
+                    "; GPU instances there (start:size in memory slices): [{}]",
+                    have.join(", ")
+                )))
+            }
+        }
+    }
+
+    fn close_mig(&mut self, _index: u32, _profile: &str, _start: u8) -> Result<(), GpuError> {
+        // The operator owns MIG instances on real hardware.
+        Ok(())
+    }
+
+    fn set_running(&mut self, running: &Running) {
+        self.mps_clients = running.mps_clients.clone();
     }
 }
 

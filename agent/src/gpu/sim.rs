@@ -11,15 +11,44 @@
 //! bit), which is fixed by its definition rather than by the standard
 //! library's hasher, so a node keeps its GPU UUIDs across restarts and Rust
 //! releases.
+//! MIG instance ids (`MIG-…`) are derived the same way from the node, the
+//! GPU index, the profile and the start slice.
+//!
+//! # What runs shapes the load
+//!
+//! The workload manager tells the backend which shares run
+//! ([`GpuBackend::set_running`]); on top of the load set with
+//! [`SimBackend::set_load`], each running share adds:
+//!
+//! | share            | memory used                         | utilisation              |
+//! |------------------|-------------------------------------|--------------------------|
+//! | whole GPU        | 50 % of the GPU's memory            | 60 %                     |
+//! | MIG instance     | the profile's memory slices (n/8)   | 60 % × compute slices/7  |
+//! | MPS              | its `memory_mib`                    | 0.6 × `compute_pct`      |
+//! | shared           | its `memory_mib`                    | 20 %                     |
+//! | milli            | none                                | 0.06 × milli (60 % of its fraction) |
+//!
+//! Memory is capped at what the GPU has, utilisation at 100 %.
+//!
+//! # MIG and MPS
+//!
+//! MIG instances follow NVIDIA's placement tables
+//! ([`gantry_placement::mig`]): an unknown profile, a start the profile
+//! does not allow, or an overlap with an existing instance is refused with
+//! the geometry's error. Each GPU also models an MPS control daemon (start,
+//! stop, client count), reported as `mps_clients`.
 
 use gantry_common::gpu_spec::{GpuGroup, GpuModel};
-use gantry_common::model::{GpuHealth, GpuInfo, GpuTelemetry, MigMode};
+use gantry_common::model::{GpuHealth, GpuInfo, GpuSharing, GpuTelemetry, MigMode};
+use gantry_placement::mig::{self, MigLayout};
+use gantry_placement::GpuShare;
 
-use super::{GpuBackend, GpuError};
+use super::{GpuBackend, GpuError, MpsModel, Running};
 
 /// Simulated GPUs of one node.
 #[derive(Debug, Clone)]
 pub struct SimBackend {
+    node: String,
     gpus: Vec<SimGpu>,
     rng: SplitMix64,
 }
@@ -34,6 +63,13 @@ struct SimGpu {
     /// Memory the workloads use, as set by [`SimBackend::set_load`].
     load_memory_mib: u64,
     health: GpuHealth,
+    /// MIG instances (profile name, start) and their layout.
+    mig_layout: MigLayout,
+    mig_instances: Vec<(&'static str, u8)>,
+    /// The modelled MPS control daemon: `Some(clients)` while it runs.
+    mps_daemon: Option<u32>,
+    /// Shares the workload manager says run here.
+    running: Vec<GpuShare>,
 }
 
 impl SimBackend {
@@ -53,10 +89,14 @@ impl SimBackend {
                 utilization_pct: 0,
                 load_memory_mib: 0,
                 health: GpuHealth::Healthy,
+                mig_layout: MigLayout::new(),
+                mig_instances: Vec::new(),
+                mps_daemon: None,
+                running: Vec::new(),
             })
             .collect();
         let seed = fnv1a_128(node_name.as_bytes()) as u64;
-        SimBackend { gpus, rng: SplitMix64(seed) }
+        SimBackend { node: node_name.to_string(), gpus, rng: SplitMix64(seed) }
     }
 
     /// Number of simulated GPUs.
@@ -103,6 +143,10 @@ impl SimBackend {
         match (gpu.model.mig_capable, mode) {
             (true, MigMode::Enabled | MigMode::Disabled) | (false, MigMode::Unsupported) => {
                 gpu.mig_mode = mode;
+                if mode != MigMode::Enabled {
+                    gpu.mig_layout = MigLayout::new();
+                    gpu.mig_instances.clear();
+                }
                 Ok(())
             }
             (true, MigMode::Unsupported) => {
@@ -110,6 +154,14 @@ impl SimBackend {
             }
             (false, _) => Err(GpuError::MigNotSupported { index, model: gpu.model.name.clone() }),
         }
+    }
+
+    /// MIG instances on GPU `index`: (profile, start), in creation order.
+    pub fn mig_instances(&self, index: u32) -> Vec<(String, u8)> {
+        self.gpus
+            .get(index as usize)
+            .map(|g| g.mig_instances.iter().map(|(p, s)| (p.to_string(), *s)).collect())
+            .unwrap_or_default()
     }
 
     fn gpu_mut(&mut self, index: u32) -> Result<&mut SimGpu, GpuError> {
@@ -135,6 +187,7 @@ impl GpuBackend for SimBackend {
                 memory_total_mib: g.model.memory_total_mib,
                 mig_mode: g.mig_mode,
                 nvlink_domain: g.nvlink_domain,
+                sharing: if g.mig_mode == MigMode::Enabled { GpuSharing::Mig } else { GpuSharing::Exclusive },
             })
             .collect())
     }
@@ -153,15 +206,161 @@ impl GpuBackend for SimBackend {
                     + max_power * rng.jitter(POWER_JITTER_FRACTION);
                 GpuTelemetry {
                     index: i as u32,
-                    memory_used_mib: g.load_memory_mib.max(driver_reserve_mib(g.model.memory_total_mib)),
-                    utilization_pct: g.utilization_pct,
+                    memory_used_mib: memory_used_mib(g),
+                    utilization_pct: utilization_pct(g),
                     temperature_c: temperature.round().max(0.0) as u32,
                     power_w: power.clamp(0.0, max_power),
                     health: g.health.clone(),
+                    mps_clients: g.mps_daemon,
+                    mig_instances: g.mig_instances.len() as u32,
                 }
             })
             .collect())
     }
+
+    fn open_mig(&mut self, index: u32, profile: &str, start: u8) -> Result<String, GpuError> {
+        let node = self.node.clone();
+        let gpu = self.gpu_mut(index)?;
+        if gpu.mig_mode != MigMode::Enabled {
+            return Err(GpuError::MigOff { index, model: gpu.model.name.clone() });
+        }
+        let table = mig::table_for_model(&gpu.model.name).ok_or_else(|| GpuError::MigGeometry {
+            index,
+            source: mig::MigError::UnsupportedModel(gpu.model.name.clone()),
+        })?;
+        let p = table.profile(profile).map_err(|source| GpuError::MigGeometry { index, source })?;
+        if !gpu.mig_instances.contains(&(p.name, start)) {
+            gpu.mig_layout.place(p, start).map_err(|source| GpuError::MigGeometry { index, source })?;
+            gpu.mig_instances.push((p.name, start));
+        }
+        Ok(mig_uuid(&node, index, p.name, start))
+    }
+
+    fn close_mig(&mut self, index: u32, profile: &str, start: u8) -> Result<(), GpuError> {
+        let gpu = self.gpu_mut(index)?;
+        let Some(table) = mig::table_for_model(&gpu.model.name) else {
+            return Err(GpuError::MigGeometry {
+                index,
+                source: mig::MigError::UnsupportedModel(gpu.model.name.clone()),
+            });
+        };
+        let p = table.profile(profile).map_err(|source| GpuError::MigGeometry { index, source })?;
+        gpu.mig_layout.remove(p, start).map_err(|source| GpuError::MigGeometry { index, source })?;
+        gpu.mig_instances.retain(|i| *i != (p.name, start));
+        Ok(())
+    }
+
+    fn set_running(&mut self, running: &Running) {
+        for g in &mut self.gpus {
+            g.running.clear();
+        }
+        for (index, share) in &running.shares {
+            if let Some(g) = self.gpus.get_mut(*index as usize) {
+                g.running.push(share.clone());
+            }
+        }
+    }
+
+    fn mps_model(&mut self) -> Option<&mut dyn MpsModel> {
+        Some(self)
+    }
+}
+
+impl MpsModel for SimBackend {
+    fn start_daemon(&mut self, index: u32) -> Result<(), GpuError> {
+        let gpu = self.gpu_mut(index)?;
+        if gpu.mps_daemon.is_some() {
+            return Err(GpuError::Mps { index, reason: "already running".into() });
+        }
+        if gpu.mig_mode == MigMode::Enabled {
+            return Err(GpuError::Mps { index, reason: "MPS does not run on a GPU in MIG mode here".into() });
+        }
+        gpu.mps_daemon = Some(0);
+        Ok(())
+    }
+
+    fn stop_daemon(&mut self, index: u32) -> Result<(), GpuError> {
+        let gpu = self.gpu_mut(index)?;
+        match gpu.mps_daemon.take() {
+            Some(_) => Ok(()),
+            None => Err(GpuError::Mps { index, reason: "not running".into() }),
+        }
+    }
+
+    fn daemon_running(&self, index: u32) -> bool {
+        self.gpus.get(index as usize).is_some_and(|g| g.mps_daemon.is_some())
+    }
+
+    fn set_clients(&mut self, index: u32, clients: u32) -> Result<(), GpuError> {
+        let gpu = self.gpu_mut(index)?;
+        match &mut gpu.mps_daemon {
+            Some(c) => {
+                *c = clients;
+                Ok(())
+            }
+            None if clients == 0 => Ok(()),
+            None => Err(GpuError::Mps { index, reason: "not running: its clients cannot connect".into() }),
+        }
+    }
+}
+
+/// A whole-GPU workload's share of the memory (see the module docs).
+const WHOLE_MEMORY_FRACTION: f64 = 0.5;
+/// Utilisation of a workload that has a whole GPU (or all of a share) to itself.
+const BUSY_PCT: f64 = 60.0;
+/// Utilisation a time-sliced (shared) workload adds.
+const SHARED_PCT: f64 = 20.0;
+
+/// Memory in use: the driver reserve or the set load, plus the running shares, capped.
+fn memory_used_mib(g: &SimGpu) -> u64 {
+    let total = g.model.memory_total_mib;
+    let shares: u64 = g.running.iter().map(|s| share_memory_mib(&g.model, s)).sum();
+    g.load_memory_mib.max(driver_reserve_mib(total)).saturating_add(shares).min(total)
+}
+
+/// Utilisation: the set load plus the running shares, capped at 100 %.
+fn utilization_pct(g: &SimGpu) -> u32 {
+    let shares: f64 = g.running.iter().map(share_utilization_pct).sum();
+    (f64::from(g.utilization_pct) + shares).round().min(100.0) as u32
+}
+
+fn share_memory_mib(model: &GpuModel, share: &GpuShare) -> u64 {
+    match share {
+        GpuShare::Whole => (model.memory_total_mib as f64 * WHOLE_MEMORY_FRACTION) as u64,
+        GpuShare::Mig { profile, .. } => {
+            mig::table_for_model(&model.name).and_then(|t| t.profile(profile).ok()).map_or(0, |p| {
+                model.memory_total_mib * u64::from(p.memory_slices) / u64::from(mig::MEMORY_SLICES)
+            })
+        }
+        GpuShare::Mps { memory_mib, .. } | GpuShare::Shared { memory_mib } => *memory_mib,
+        GpuShare::Milli { .. } => 0,
+    }
+}
+
+fn share_utilization_pct(share: &GpuShare) -> f64 {
+    match share {
+        GpuShare::Whole => BUSY_PCT,
+        GpuShare::Mig { profile, .. } => {
+            // The compute slices are the digit before the `g`.
+            let slices = profile.split('g').next().and_then(|n| n.parse::<f64>().ok()).unwrap_or(1.0);
+            BUSY_PCT * slices / f64::from(mig::COMPUTE_SLICES)
+        }
+        GpuShare::Mps { compute_pct, .. } => BUSY_PCT / 100.0 * f64::from(*compute_pct),
+        GpuShare::Shared { .. } => SHARED_PCT,
+        GpuShare::Milli { milli } => BUSY_PCT / 1000.0 * f64::from(*milli),
+    }
+}
+
+/// `MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, stable for (node, GPU, profile, start).
+fn mig_uuid(node_name: &str, index: u32, profile: &str, start: u8) -> String {
+    let gpu = sim_uuid(node_name, index);
+    let mut input = Vec::with_capacity(gpu.len() + profile.len() + 2);
+    input.extend_from_slice(gpu.as_bytes());
+    input.push(0);
+    input.extend_from_slice(profile.as_bytes());
+    input.push(start);
+    let h = format!("{:032x}", fnv1a_128(&input));
+    format!("MIG-{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 /// Idle die temperature; an idle datacentre GPU sits at 30-40 °C.
@@ -221,6 +420,8 @@ impl SplitMix64 {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use gantry_common::gpu_spec::parse_gpu_spec;
 
     use super::*;
@@ -380,6 +581,92 @@ mod tests {
         assert_eq!(driver_reserve_mib(1_024), 64);
         assert_eq!(driver_reserve_mib(143_771), 512);
         assert_eq!(driver_reserve_mib(10), 10);
+    }
+
+    fn enable_mig(b: &mut SimBackend, index: u32) {
+        b.set_mig_mode(index, MigMode::Enabled).unwrap();
+    }
+
+    #[test]
+    fn mig_instances_follow_nvidia_geometry() {
+        let mut b = sim("node-a", "2xH100-80GB,1xL4-24GB");
+        assert!(matches!(b.open_mig(0, "1g.10gb", 0), Err(GpuError::MigOff { index: 0, .. })));
+        enable_mig(&mut b, 0);
+        let a = b.open_mig(0, "3g.40gb", 4).unwrap();
+        assert!(a.starts_with("MIG-") && a.len() == 40, "{a}");
+        // The same instance again is the same device (idempotent re-open).
+        assert_eq!(b.open_mig(0, "3g.40gb", 4).unwrap(), a);
+        // Overlap with slices 4-7, a start the profile does not allow, an unknown profile.
+        let overlap = b.open_mig(0, "1g.10gb", 5).unwrap_err();
+        assert!(overlap.to_string().contains("overlaps"), "{overlap}");
+        let bad_start = b.open_mig(0, "2g.20gb", 1).unwrap_err();
+        assert!(bad_start.to_string().contains("cannot start at memory slice 1"), "{bad_start}");
+        assert!(b.open_mig(0, "9g.1gb", 0).unwrap_err().to_string().contains("does not exist"));
+        let small = b.open_mig(0, "1g.10gb", 0).unwrap();
+        assert_ne!(small, a);
+        assert_eq!(b.sample().unwrap()[0].mig_instances, 2);
+        assert_eq!(b.mig_instances(0), [("3g.40gb".to_string(), 4), ("1g.10gb".to_string(), 0)]);
+        // Destroying frees the slices; the id is stable for (node, GPU, profile, start).
+        b.close_mig(0, "3g.40gb", 4).unwrap();
+        assert!(b.close_mig(0, "3g.40gb", 4).is_err());
+        assert_eq!(b.sample().unwrap()[0].mig_instances, 1);
+        assert_eq!(b.open_mig(0, "3g.40gb", 4).unwrap(), a);
+        let mut other = sim("node-a", "2xH100-80GB");
+        enable_mig(&mut other, 0);
+        assert_eq!(other.open_mig(0, "3g.40gb", 4).unwrap(), a);
+        assert!(other.open_mig(0, "4g.40gb", 0).is_ok());
+        assert!(other.open_mig(0, "1g.10gb", 1).unwrap_err().to_string().contains("overlaps"));
+        // A GPU that cannot do MIG refuses to turn it on.
+        assert!(matches!(b.set_mig_mode(2, MigMode::Enabled), Err(GpuError::MigNotSupported { .. })));
+    }
+
+    #[test]
+    fn mps_daemon_lifecycle_shows_in_telemetry() {
+        let mut b = sim("node-a", "2xH100-80GB");
+        assert_eq!(b.sample().unwrap()[1].mps_clients, None);
+        let m = b.mps_model().unwrap();
+        assert!(m.set_clients(1, 1).is_err(), "clients need a daemon");
+        m.start_daemon(1).unwrap();
+        assert!(m.start_daemon(1).is_err(), "one daemon per GPU");
+        assert!(m.daemon_running(1) && !m.daemon_running(0));
+        m.set_clients(1, 3).unwrap();
+        assert_eq!(b.sample().unwrap()[1].mps_clients, Some(3));
+        let m = b.mps_model().unwrap();
+        m.stop_daemon(1).unwrap();
+        assert!(m.stop_daemon(1).is_err());
+        assert_eq!(b.sample().unwrap()[1].mps_clients, None);
+    }
+
+    #[test]
+    fn load_follows_running_shares() {
+        let mut b = sim("node-a", "4xH100-80GB");
+        enable_mig(&mut b, 1);
+        let running = Running {
+            shares: vec![
+                (0, GpuShare::Whole),
+                (1, GpuShare::Mig { profile: "3g.40gb".into(), start: 0 }),
+                (2, GpuShare::Mps { compute_pct: 25, memory_mib: 10_000 }),
+                (2, GpuShare::Mps { compute_pct: 50, memory_mib: 20_000 }),
+                (3, GpuShare::Shared { memory_mib: 70_000 }),
+                (3, GpuShare::Shared { memory_mib: 70_000 }),
+            ],
+            mps_clients: BTreeMap::new(),
+        };
+        b.set_running(&running);
+        let t = b.sample().unwrap();
+        let reserve = driver_reserve_mib(81_559);
+        assert_eq!((t[0].utilization_pct, t[0].memory_used_mib), (60, reserve + 81_559 / 2));
+        assert_eq!((t[1].utilization_pct, t[1].memory_used_mib), (26, reserve + 81_559 * 4 / 8));
+        assert_eq!((t[2].utilization_pct, t[2].memory_used_mib), (45, reserve + 30_000));
+        // Two shared workloads ask for more than the GPU has: capped.
+        assert_eq!((t[3].utilization_pct, t[3].memory_used_mib), (40, 81_559));
+        // set_load still adds up with what runs; stopping everything goes back to idle.
+        b.set_load(0, 50, 1_000).unwrap();
+        assert_eq!(b.sample().unwrap()[0].utilization_pct, 100);
+        b.set_running(&Running::default());
+        b.set_load(0, 0, 0).unwrap();
+        let t = b.sample().unwrap();
+        assert!(t.iter().all(|g| g.utilization_pct == 0 && g.memory_used_mib == reserve), "{t:?}");
     }
 
     #[test]

@@ -1,0 +1,764 @@
+//! The workload manager: the I/O shell around [`reconcile`].
+//!
+//! One task owns the allocation records. Every tick (250 ms), and whenever
+//! the desired set changes or a runtime operation finishes, it:
+//!
+//! 1. asks the runtime whether each running allocation still runs;
+//! 2. starts due health probes (each on its own task);
+//! 3. runs the reconciler and carries out its actions: starts and stops run
+//!    on their own tasks and report back over a channel, so a slow image
+//!    check or a long grace period never holds up the others;
+//! 4. tells the GPU backend what runs (the sim's load follows it), and
+//!    starts or stops MPS control daemons;
+//! 5. saves the state file when a record changed, and publishes the reports
+//!    when one changed.
+//!
+//! When the agent stops, the manager waits a little for operations under way,
+//! saves, and leaves every workload running.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gantry_common::model::GpuSharing;
+use gantry_common::workload::{AllocReport, DesiredAlloc, RuntimeSpec};
+use gantry_placement::GpuShare;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::link::ManagerSide;
+use super::mps::Mps;
+use super::ports::{self, PortRange};
+use super::reconcile::{self, Action, AllocRecord, Phase};
+use super::state::{PersistedDesired, StateError, StateFile};
+use crate::gpu::{Gpus, Running};
+use crate::runtime::docker::DockerRuntime;
+use crate::runtime::env::{self, GpuDevice, Placement};
+use crate::runtime::process::ProcessRuntime;
+use crate::runtime::{Handle, Launch, LogRequest, LogStream, Runtime, RuntimeError};
+
+/// How often the manager looks at its workloads.
+pub const TICK: Duration = Duration::from_millis(250);
+/// How long a stopping agent waits for starts and stops under way.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+/// Longest wait for one runtime status answer in a tick.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    pub node: String,
+    pub data_dir: PathBuf,
+    pub port_range: PortRange,
+    pub tick: Duration,
+}
+
+/// The runtimes, by kind.
+#[derive(Clone)]
+pub struct Runtimes {
+    pub process: Arc<ProcessRuntime>,
+    /// `None` when the docker runtime is off.
+    pub docker: Option<Arc<DockerRuntime>>,
+}
+
+impl Runtimes {
+    fn by_kind(&self, kind: &str) -> Result<Arc<dyn Runtime>, RuntimeError> {
+        match kind {
+            "docker" => match &self.docker {
+                Some(d) => Ok(d.clone()),
+                None => Err(RuntimeError::NoDocker),
+            },
+            _ => Ok(self.process.clone()),
+        }
+    }
+
+    fn for_handle(&self, handle: &Handle) -> Result<Arc<dyn Runtime>, RuntimeError> {
+        match handle {
+            Handle::Process { .. } => self.by_kind("process"),
+            Handle::Docker { .. } => self.by_kind("docker"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Where the HTTP listener finds an allocation's logs. A std `Mutex`: the
+/// manager replaces the map, readers clone one entry; nothing awaits under it.
+#[derive(Clone)]
+pub struct Logs {
+    index: Arc<Mutex<BTreeMap<String, LogEntry>>>,
+    runtimes: Runtimes,
+    allocs_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct LogEntry {
+    runtime: String,
+    handle: Option<Handle>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogsError {
+    #[error("no allocation {0:?} on this node")]
+    UnknownAlloc(String),
+    #[error("allocation {0:?} has not started: no logs yet")]
+    NotStarted(String),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+impl Logs {
+    /// The output of allocation `id`.
+    pub async fn open(&self, id: &str, request: LogRequest) -> Result<LogStream, LogsError> {
+        let entry = self
+            .index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| LogsError::UnknownAlloc(id.to_string()))?;
+        let dir = self.allocs_dir.join(id);
+        match (entry.handle, entry.runtime.as_str()) {
+            (Some(h), _) => Ok(self.runtimes.for_handle(&h)?.logs(&h, dir, request).await?),
+            // A process that never started may still have written why (exec errors go to stderr).
+            (None, "process") => {
+                let never = Handle::Process { pid: 0, start_ticks: 0 };
+                Ok(self.runtimes.process.logs(&never, dir, request).await?)
+            }
+            (None, _) => Err(LogsError::NotStarted(id.to_string())),
+        }
+    }
+}
+
+/// What a runtime task reports back.
+enum Done {
+    Started { id: String, result: Result<(Handle, Vec<String>), String> },
+    Stopped { id: String, restart: bool, reason: String, result: Result<(), String> },
+    Probed { id: String, result: Result<(), String> },
+}
+
+pub struct Manager {
+    cfg: ManagerConfig,
+    gpus: Gpus,
+    runtimes: Runtimes,
+    mps: Arc<Mps>,
+    link: ManagerSide,
+    state: StateFile,
+    /// The state file as last written, to write only on change.
+    saved: Vec<u8>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Start and stop tasks under way.
+    in_flight: usize,
+    probing: BTreeSet<String>,
+    logs: Logs,
+}
+
+impl Manager {
+    /// Loads the state file from `cfg.data_dir`.
+    pub fn new(
+        cfg: ManagerConfig,
+        gpus: Gpus,
+        runtimes: Runtimes,
+        mps: Arc<Mps>,
+        link: ManagerSide,
+    ) -> Result<Manager, ManagerError> {
+        let state = StateFile::load(&cfg.data_dir)?;
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let logs = Logs {
+            index: Arc::new(Mutex::new(BTreeMap::new())),
+            runtimes: runtimes.clone(),
+            allocs_dir: cfg.data_dir.join("allocs"),
+        };
+        Ok(Manager {
+            cfg,
+            gpus,
+            runtimes,
+            mps,
+            link,
+            saved: serde_json::to_vec(&state).unwrap_or_default(),
+            state,
+            done_tx,
+            done_rx,
+            in_flight: 0,
+            probing: BTreeSet::new(),
+            logs,
+        })
+    }
+
+    /// The handle the HTTP listener reads logs through.
+    pub fn logs(&self) -> Logs {
+        self.logs.clone()
+    }
+
+    /// Runs until `shutdown` turns true; workloads keep running afterwards.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.recover().await;
+        let mut ticker = tokio::time::interval(self.cfg.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut session_open = true;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                changed = self.link.desired.changed(), if session_open => {
+                    if changed.is_err() {
+                        // The session is gone: keep to the last desired set.
+                        debug!("desired-set sender dropped");
+                        session_open = false;
+                    }
+                }
+                Some(done) = self.done_rx.recv() => self.finish(done),
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+            self.tick().await;
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+        while self.in_flight > 0 {
+            match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
+                Ok(Some(done)) => self.finish(done),
+                _ => break,
+            }
+        }
+        self.save();
+        info!(allocations = self.state.records.len(), "workload manager stopped; workloads left running");
+    }
+
+    /// After a (re)start: records caught mid-operation are settled, containers
+    /// missing from the state file are found by label, and the sim's MIG
+    /// instances are recreated for allocations that hold them.
+    async fn recover(&mut self) {
+        let now = now_ms();
+        for r in self.state.records.values_mut() {
+            // Probe schedules are not persisted: probe running ones soon.
+            r.next_probe_ms = now;
+            match (r.phase, &r.handle) {
+                (Phase::Starting, None) => r.start_failed(now, "the agent stopped while starting it".into()),
+                (Phase::Starting | Phase::Stopping { .. }, Some(_)) => {
+                    r.phase = Phase::Running { since_ms: now }
+                }
+                _ => {}
+            }
+        }
+        if let Some(docker) = self.runtimes.docker.clone() {
+            match docker.discover(&self.cfg.node).await {
+                Ok(found) => {
+                    for (id, handle) in found {
+                        self.adopt_container(id, handle, now);
+                    }
+                }
+                Err(e) => warn!("finding containers of earlier agents: {e}"),
+            }
+        }
+        let held: Vec<(u32, String, u8)> = self
+            .state
+            .records
+            .values()
+            .filter(|r| matches!(r.phase, Phase::Running { .. } | Phase::Exited { .. }))
+            .flat_map(|r| r.gpus.iter())
+            .filter_map(|g| match &g.share {
+                GpuShare::Mig { profile, start } => Some((g.index, profile.clone(), *start)),
+                _ => None,
+            })
+            .collect();
+        if self.gpus.name() == "sim" {
+            for (index, profile, start) in held {
+                if let Err(e) = self.gpus.with(|b| b.open_mig(index, &profile, start)) {
+                    warn!("re-creating simulated MIG instance {profile}@{start} on GPU {index}: {e}");
+                }
+            }
+        }
+        self.save();
+    }
+
+    fn adopt_container(&mut self, id: String, handle: Handle, now: u64) {
+        if let Some(r) = self.state.records.get_mut(&id) {
+            if r.handle.as_ref() != Some(&handle) {
+                info!(alloc = %id, "found its container by label");
+                r.handle = Some(handle);
+                if !matches!(r.phase, Phase::Running { .. }) {
+                    r.phase = Phase::Running { since_ms: now };
+                }
+            }
+            return;
+        }
+        info!(alloc = %id, "found a container the state file does not know; adopting it");
+        let desired = self.desired_alloc(&id);
+        let mut r = match &desired {
+            Some(d) => AllocRecord::new(d, BTreeMap::new()),
+            None => AllocRecord {
+                workload: id.split('.').next().unwrap_or_default().to_string(),
+                runtime: "docker".into(),
+                phase: Phase::Starting,
+                restarts: 0,
+                crash_streak: 0,
+                message: String::new(),
+                health: gantry_common::workload::HealthState::Unknown,
+                probe_failures: 0,
+                next_probe_ms: 0,
+                ports: BTreeMap::new(),
+                devices: Vec::new(),
+                gpus: Vec::new(),
+                handle: None,
+                stop_grace_ms: 10_000,
+            },
+        };
+        r.handle = Some(handle);
+        r.phase = Phase::Running { since_ms: now };
+        self.state.records.insert(id, r);
+    }
+
+    /// The desired set in force: the session's when a coordinator has
+    /// answered since the agent started (authoritative), else the persisted one.
+    fn desired(&mut self) -> (Vec<DesiredAlloc>, bool) {
+        let current = self.link.desired.borrow_and_update().clone();
+        match current {
+            Some(set) => {
+                let changed = self
+                    .state
+                    .desired
+                    .as_ref()
+                    .is_none_or(|p| p.index != set.index || p.allocs != set.allocs);
+                if changed {
+                    self.state.desired =
+                        Some(PersistedDesired { index: set.index, allocs: set.allocs.clone() });
+                }
+                (set.allocs, true)
+            }
+            None => (self.state.desired.as_ref().map(|p| p.allocs.clone()).unwrap_or_default(), false),
+        }
+    }
+
+    fn desired_alloc(&self, id: &str) -> Option<DesiredAlloc> {
+        let from_link = self
+            .link
+            .desired
+            .borrow()
+            .as_ref()
+            .and_then(|s| s.allocs.iter().find(|d| d.alloc.id == id).cloned());
+        from_link.or_else(|| self.state.desired.as_ref()?.allocs.iter().find(|d| d.alloc.id == id).cloned())
+    }
+
+    async fn tick(&mut self) {
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.finish(done);
+        }
+        let (desired, authoritative) = self.desired();
+        self.observe().await;
+        self.schedule_probes(&desired);
+        let now = now_ms();
+        for action in reconcile::reconcile(&desired, authoritative, &self.state.records, now) {
+            self.execute(action, &desired);
+        }
+        self.share_gpus();
+        self.save();
+        self.publish(&desired);
+    }
+
+    /// Asks the runtime about every running allocation.
+    async fn observe(&mut self) {
+        let running: Vec<(String, Handle)> = self
+            .state
+            .records
+            .iter()
+            .filter(|(_, r)| matches!(r.phase, Phase::Running { .. }))
+            .filter_map(|(id, r)| Some((id.clone(), r.handle.clone()?)))
+            .collect();
+        for (id, handle) in running {
+            let runtime = match self.runtimes.for_handle(&handle) {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(alloc = %id, "{e}");
+                    continue;
+                }
+            };
+            let status = tokio::time::timeout(STATUS_TIMEOUT, runtime.status(&handle)).await;
+            match status {
+                Ok(Ok(crate::runtime::Status::Running)) => {}
+                Ok(Ok(crate::runtime::Status::Exited { success, message })) => {
+                    info!(alloc = %id, "exited: {message}");
+                    if let Some(r) = self.state.records.get_mut(&id) {
+                        r.exited(now_ms(), success, message);
+                    }
+                }
+                Ok(Err(e)) => warn!(alloc = %id, "status: {e}"),
+                Err(_) => warn!(alloc = %id, "status: no answer from the runtime"),
+            }
+        }
+    }
+
+    fn schedule_probes(&mut self, desired: &[DesiredAlloc]) {
+        let now = now_ms();
+        for d in desired {
+            let Some(check) = &d.spec.health else { continue };
+            let id = &d.alloc.id;
+            let Some(r) = self.state.records.get(id) else { continue };
+            if !r.probe_due(now) || self.probing.contains(id) {
+                continue;
+            }
+            let Some(&port) = r.ports.get(&check.port) else { continue };
+            self.probing.insert(id.clone());
+            let (tx, id, path, timeout) = (
+                self.done_tx.clone(),
+                id.clone(),
+                check.path.clone(),
+                Duration::from_millis(check.timeout_ms.max(1)),
+            );
+            tokio::spawn(async move {
+                let result = super::health::probe(port, &path, timeout).await;
+                let _ = tx.send(Done::Probed { id, result });
+            });
+        }
+    }
+
+    fn execute(&mut self, action: Action, desired: &[DesiredAlloc]) {
+        match action {
+            Action::Start { id } => {
+                let Some(d) = desired.iter().find(|d| d.alloc.id == id) else { return };
+                self.start(d.clone());
+            }
+            Action::Stop { id, restart, reason } => self.stop(&id, restart, reason),
+            Action::Retire { id, failed } => {
+                if let Some(r) = self.state.records.get_mut(&id) {
+                    r.phase = if failed { Phase::Failed } else { Phase::Stopped };
+                    info!(alloc = %id, "not restarted (restart policy): {}", r.message);
+                }
+                self.release_gpus(&id);
+            }
+            Action::Forget { id } => {
+                if let Some(r) = self.state.records.remove(&id) {
+                    debug!(alloc = %id, "forgotten");
+                    if let Some(handle @ Handle::Docker { .. }) = r.handle {
+                        // The container stayed for its logs; it goes with the record.
+                        if let Ok(rt) = self.runtimes.for_handle(&handle) {
+                            tokio::spawn(async move {
+                                let _ = rt.stop(&handle, Duration::ZERO).await;
+                            });
+                        }
+                    }
+                    // Its logs go with it (the id was checked to be a plain name when it started).
+                    let dir = self.cfg.data_dir.join("allocs").join(&id);
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            warn!(alloc = %id, "cannot remove {}: {e}", dir.display());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, d: DesiredAlloc) {
+        let id = d.alloc.id.clone();
+        if id.is_empty() || id.contains('/') || id.starts_with('.') {
+            warn!(alloc = %id, "refusing an allocation id that is not a plain name");
+            return;
+        }
+        let taken: BTreeSet<u16> = self
+            .state
+            .records
+            .iter()
+            .filter(|(other, _)| **other != id)
+            .flat_map(|(_, r)| r.ports.values().copied())
+            .collect();
+        let record =
+            self.state.records.entry(id.clone()).or_insert_with(|| AllocRecord::new(&d, BTreeMap::new()));
+        record.begin_start();
+        record.gpus = d.alloc.gpus.clone();
+        record.stop_grace_ms = d.spec.stop_grace_ms;
+        if d.spec.ports.iter().any(|p| !record.ports.contains_key(&p.name)) {
+            match ports::pick(&id, &d.spec.ports, self.cfg.port_range, &taken, ports::is_free_on_host) {
+                Ok(p) => record.ports = p,
+                Err(e) => {
+                    record.start_failed(now_ms(), e.to_string());
+                    return;
+                }
+            }
+        }
+        let previous = record.handle.clone();
+        let host_ports = record.ports.clone();
+        info!(alloc = %id, runtime = d.spec.runtime.kind(), target = d.spec.runtime.target(), "starting");
+        let task = StartTask {
+            d,
+            node: self.cfg.node.clone(),
+            alloc_dir: self.cfg.data_dir.join("allocs").join(&id),
+            host_ports,
+            previous,
+            gpus: self.gpus.clone(),
+            runtimes: self.runtimes.clone(),
+            mps: self.mps.clone(),
+        };
+        self.in_flight += 1;
+        let tx = self.done_tx.clone();
+        tokio::spawn(async move {
+            let result = task.run().await.map_err(|e| e.to_string());
+            let _ = tx.send(Done::Started { id, result });
+        });
+    }
+
+    fn stop(&mut self, id: &str, restart: bool, reason: String) {
+        let Some(r) = self.state.records.get_mut(id) else { return };
+        let handle = r.handle.clone();
+        let grace = Duration::from_millis(r.stop_grace_ms);
+        r.phase = Phase::Stopping { restart };
+        info!(alloc = %id, "{reason}");
+        self.in_flight += 1;
+        let (tx, id, runtimes) = (self.done_tx.clone(), id.to_string(), self.runtimes.clone());
+        tokio::spawn(async move {
+            let result = match &handle {
+                None => Ok(()),
+                Some(h) => match runtimes.for_handle(h) {
+                    Ok(rt) => rt.stop(h, grace).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            let _ = tx.send(Done::Stopped { id, restart, reason, result });
+        });
+    }
+
+    fn finish(&mut self, done: Done) {
+        let now = now_ms();
+        match done {
+            Done::Started { id, result } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                let check = self.desired_alloc(&id).and_then(|d| d.spec.health);
+                let Some(r) = self.state.records.get_mut(&id) else { return };
+                match result {
+                    Ok((handle, devices)) => {
+                        info!(alloc = %id, ?handle, "running");
+                        r.started(now, handle, devices, check.as_ref());
+                    }
+                    Err(message) => {
+                        warn!(alloc = %id, "start failed: {message}");
+                        r.handle = None;
+                        r.start_failed(now, message);
+                    }
+                }
+            }
+            Done::Stopped { id, restart, reason, result } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                let Some(r) = self.state.records.get_mut(&id) else { return };
+                match result {
+                    Ok(()) => {
+                        r.stopped(now, restart, reason);
+                        if !restart {
+                            r.handle = None;
+                            self.release_gpus(&id);
+                        }
+                    }
+                    Err(message) => {
+                        warn!(alloc = %id, "stop failed (retrying): {message}");
+                        r.phase = Phase::Running { since_ms: now };
+                        r.message = format!("stop failed: {message}");
+                    }
+                }
+            }
+            Done::Probed { id, result } => {
+                self.probing.remove(&id);
+                let Some(check) = self.desired_alloc(&id).and_then(|d| d.spec.health) else { return };
+                let Some(r) = self.state.records.get_mut(&id) else { return };
+                if let Err(e) = &result {
+                    debug!(alloc = %id, "health check failed: {e}");
+                }
+                r.probed(now, result.is_ok(), &check);
+            }
+        }
+    }
+
+    /// Gives back the sim's MIG instances of an allocation that ended.
+    fn release_gpus(&mut self, id: &str) {
+        let Some(r) = self.state.records.get(id) else { return };
+        for g in &r.gpus {
+            if let GpuShare::Mig { profile, start } = &g.share {
+                if let Err(e) = self.gpus.with(|b| b.close_mig(g.index, profile, *start)) {
+                    debug!(alloc = %id, "closing MIG instance: {e}");
+                }
+            }
+        }
+    }
+
+    /// Tells the backend what runs, and keeps MPS daemons where clients are.
+    fn share_gpus(&mut self) {
+        let mut running = Running::default();
+        let mut mps_holders: BTreeMap<u32, (u32, String)> = BTreeMap::new();
+        for r in self.state.records.values() {
+            let runs = matches!(r.phase, Phase::Running { .. } | Phase::Stopping { .. });
+            let holds = runs || matches!(r.phase, Phase::Starting | Phase::Exited { .. });
+            for g in &r.gpus {
+                if runs {
+                    running.shares.push((g.index, g.share.clone()));
+                }
+                if holds && matches!(g.share, GpuShare::Mps { .. }) {
+                    let entry = mps_holders.entry(g.index).or_insert((0, g.uuid.clone()));
+                    if runs {
+                        entry.0 += 1;
+                    }
+                }
+            }
+        }
+        for index in 0..self.gpus.count() {
+            let daemon = self.mps.running(index);
+            match mps_holders.get(&index) {
+                Some((clients, uuid)) => {
+                    if daemon {
+                        self.mps.set_clients(index, *clients);
+                        running.mps_clients.insert(index, *clients);
+                    } else if *clients > 0 {
+                        // It died under its clients: bring it back.
+                        warn!(gpu = index, "MPS control daemon is not running; starting it again");
+                        let (mps, uuid) = (self.mps.clone(), uuid.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = mps.ensure(index, &uuid).await {
+                                warn!("{e}");
+                            }
+                        });
+                    }
+                }
+                None if daemon && self.gpus.sharing(index) == GpuSharing::Mps => {
+                    let mps = self.mps.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = mps.stop(index).await {
+                            warn!("{e}");
+                        }
+                    });
+                }
+                None => {}
+            }
+        }
+        self.gpus.with(|b| b.set_running(&running));
+    }
+
+    fn save(&mut self) {
+        let now = serde_json::to_vec(&self.state).unwrap_or_default();
+        if now == self.saved {
+            return;
+        }
+        match self.state.save(&self.cfg.data_dir) {
+            Ok(()) => self.saved = now,
+            Err(e) => warn!("saving the state file: {e}"),
+        }
+        let entries: BTreeMap<String, LogEntry> = self
+            .state
+            .records
+            .iter()
+            .map(|(id, r)| (id.clone(), LogEntry { runtime: r.runtime.clone(), handle: r.handle.clone() }))
+            .collect();
+        *self.logs.index.lock().unwrap_or_else(|p| p.into_inner()) = entries;
+    }
+
+    fn publish(&mut self, desired: &[DesiredAlloc]) {
+        let mut reports: BTreeMap<String, AllocReport> = BTreeMap::new();
+        for d in desired {
+            let id = &d.alloc.id;
+            reports
+                .insert(id.clone(), reconcile::report(id, self.state.records.get(id), Some(d.alloc.desired)));
+        }
+        for (id, r) in &self.state.records {
+            reports.entry(id.clone()).or_insert_with(|| reconcile::report(id, Some(r), None));
+        }
+        self.link.reports.send_if_modified(|current| {
+            if *current == reports {
+                false
+            } else {
+                *current = reports;
+                true
+            }
+        });
+    }
+}
+
+/// One start, on its own task: stale leftovers removed, devices opened, MPS
+/// daemon up, then the runtime.
+struct StartTask {
+    d: DesiredAlloc,
+    node: String,
+    alloc_dir: PathBuf,
+    host_ports: BTreeMap<String, u16>,
+    previous: Option<Handle>,
+    gpus: Gpus,
+    runtimes: Runtimes,
+    mps: Arc<Mps>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+    #[error(transparent)]
+    Mps(#[from] super::mps::MpsError),
+    #[error("GPU {index} is not in {wanted} sharing (agent setting gpu_sharing); it is {actual}")]
+    Sharing { index: u32, wanted: &'static str, actual: &'static str },
+}
+
+impl StartTask {
+    async fn run(self) -> Result<(Handle, Vec<String>), StartError> {
+        let runtime = self.runtimes.by_kind(self.d.spec.runtime.kind())?;
+        if let Some(old) = &self.previous {
+            // An exited container is still there; a process is gone already.
+            if let Ok(rt) = self.runtimes.for_handle(old) {
+                rt.stop(old, Duration::ZERO).await?;
+            }
+        }
+        let mut devices = Vec::new();
+        let mut pipe = None;
+        for g in &self.d.alloc.gpus {
+            let sharing = self.gpus.sharing(g.index);
+            let device_id = match &g.share {
+                GpuShare::Mig { profile, start } => {
+                    self.gpus.with(|b| b.open_mig(g.index, profile, *start))?
+                }
+                GpuShare::Mps { .. } => {
+                    if sharing != GpuSharing::Mps {
+                        return Err(StartError::Sharing {
+                            index: g.index,
+                            wanted: "mps",
+                            actual: sharing.as_str(),
+                        });
+                    }
+                    self.mps.ensure(g.index, &g.uuid).await?;
+                    let dir = self.mps.pipe_dir(g.index);
+                    // The modelled daemon makes no directory; a container mounts it either way.
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|source| RuntimeError::Io { path: dir.clone(), source })?;
+                    pipe = Some(dir);
+                    g.uuid.clone()
+                }
+                _ => g.uuid.clone(),
+            };
+            devices.push(GpuDevice { index: g.index, device_id, share: g.share.clone() });
+        }
+        let placement = match self.d.spec.runtime {
+            RuntimeSpec::Docker { .. } => Placement::Container,
+            RuntimeSpec::Process { .. } => Placement::Process,
+        };
+        let env = env::workload_env(
+            &self.d.spec,
+            &self.d.alloc.id,
+            &self.host_ports,
+            placement,
+            &devices,
+            pipe.as_deref(),
+        );
+        let launch = Launch {
+            alloc_id: self.d.alloc.id.clone(),
+            node: self.node,
+            spec: self.d.spec.clone(),
+            env,
+            host_ports: self.host_ports,
+            devices: devices.iter().map(|g| g.device_id.clone()).collect(),
+            mps_pipe_dir: pipe,
+            alloc_dir: self.alloc_dir,
+        };
+        let handle = runtime.start(&launch).await?;
+        Ok((handle, launch.devices))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

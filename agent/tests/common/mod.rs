@@ -1,0 +1,122 @@
+//! Helpers shared by the agent's integration tests.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gantry_agent::gpu::Gpus;
+use gantry_agent::runtime::docker::DockerRuntime;
+use gantry_agent::runtime::process::ProcessRuntime;
+use gantry_agent::workloads::link::{link, SessionSide};
+use gantry_agent::workloads::manager::{Logs, Manager, ManagerConfig, Runtimes};
+use gantry_agent::workloads::mps::{Mps, MpsControl};
+use gantry_common::workload::{
+    AllocGpu, AllocReport, Allocation, DesiredAlloc, DesiredState, NewAlloc, WorkloadSpec,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Waits for `cond`, failing after `limit` (a bound on waiting, not a timing assertion).
+pub async fn wait_for<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn desired(id: &str, spec: WorkloadSpec, gpus: Vec<AllocGpu>, state: DesiredState) -> DesiredAlloc {
+    DesiredAlloc {
+        alloc: Allocation {
+            desired: state,
+            ..Allocation::pending(
+                id.into(),
+                NewAlloc {
+                    workload: spec.name.clone(),
+                    version: 1,
+                    replica: 0,
+                    node: "node-a".into(),
+                    gpus,
+                    cpu_milli: spec.cpu_milli,
+                    memory_mib: spec.memory_mib,
+                },
+            )
+        },
+        spec,
+    }
+}
+
+/// A manager running on its own task, with the session's side of the link.
+pub struct Running {
+    pub session: SessionSide,
+    pub logs: Logs,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn start(
+        data_dir: &Path,
+        gpus: Gpus,
+        docker: Option<Arc<DockerRuntime>>,
+        port_range: &str,
+    ) -> Running {
+        let (session, side) = link();
+        let mps = Arc::new(Mps::new(MpsControl::Modelled(gpus.clone()), data_dir.join("mps")));
+        let runtimes = Runtimes { process: Arc::new(ProcessRuntime::new()), docker };
+        let cfg = ManagerConfig {
+            node: "node-a".into(),
+            data_dir: data_dir.to_path_buf(),
+            port_range: port_range.parse().unwrap(),
+            tick: Duration::from_millis(50),
+        };
+        let manager = Manager::new(cfg, gpus, runtimes, mps, side).unwrap();
+        let logs = manager.logs();
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(manager.run(stop_rx));
+        Running { session, logs, stop, task }
+    }
+
+    pub fn report(&self, id: &str) -> Option<AllocReport> {
+        self.session.reports.borrow().get(id).cloned()
+    }
+
+    /// Waits until `id`'s report satisfies `pred`.
+    pub async fn wait_report(
+        &self,
+        id: &str,
+        what: &str,
+        pred: impl Fn(&AllocReport) -> bool,
+    ) -> AllocReport {
+        let limit = Duration::from_secs(30);
+        wait_for(&format!("{id}: {what} (last {:?})", self.report(id)), limit, || {
+            self.report(id).filter(|r| pred(r))
+        })
+        .await
+    }
+
+    /// Stops the manager as the agent's shutdown does.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        self.task.await.unwrap();
+    }
+}
+
+/// A workspace binary next to the test executable (target/<profile>/<name>).
+pub fn workspace_bin(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join(name);
+    path.exists().then_some(path)
+}
+
+/// The pid of a process handle in the state file.
+pub fn pid_in_state(data_dir: &Path, id: &str) -> Option<i64> {
+    let text = std::fs::read_to_string(data_dir.join("allocs.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["records"][id]["handle"]["process"]["pid"].as_i64()
+}

@@ -1,0 +1,85 @@
+//! The real MPS path (`MpsControl::Program`) against a stand-in for
+//! `nvidia-cuda-mps-control`: a Python script that, like the real one, forks
+//! a daemon with `-d` that listens on `$CUDA_MPS_PIPE_DIRECTORY/control`, and
+//! otherwise sends its standard input (`quit`) to that daemon. Skipped when
+//! python3 is missing.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+
+use gantry_agent::workloads::mps::{Mps, MpsControl};
+
+const FAKE: &str = r#"#!/usr/bin/env python3
+import os, socket, sys
+path = os.path.join(os.environ["CUDA_MPS_PIPE_DIRECTORY"], "control")
+if sys.argv[1:] == ["-d"]:
+    with open(os.path.join(os.environ["CUDA_MPS_LOG_DIRECTORY"], "started-for"), "w") as f:
+        f.write(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    if os.fork() > 0:
+        sys.exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    s = socket.socket(socket.AF_UNIX)
+    if os.path.exists(path):
+        os.unlink(path)
+    s.bind(path)
+    s.listen(8)
+    while True:
+        c, _ = s.accept()
+        if c.recv(64).strip() == b"quit":
+            os.unlink(path)
+            os._exit(0)
+        c.close()
+else:
+    c = socket.socket(socket.AF_UNIX)
+    c.connect(path)
+    c.sendall(sys.stdin.read().encode())
+    c.close()
+"#;
+
+#[tokio::test]
+async fn program_daemon_starts_once_and_quits() {
+    if std::process::Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        println!("SKIPPED: python3 is not available for the stand-in MPS control program");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("fake-mps-control");
+    std::fs::write(&program, FAKE).unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mps = Mps::new(MpsControl::Program(program), dir.path().join("mps"));
+
+    assert!(!mps.running(2));
+    mps.ensure(2, "GPU-abc").await.unwrap();
+    assert!(mps.running(2));
+    assert!(mps.pipe_dir(2).join("control").exists());
+    let started_for = std::fs::read_to_string(mps.log_dir(2).join("started-for")).unwrap();
+    assert_eq!(started_for, "GPU-abc", "the daemon sees only its GPU");
+    // Already running: not started twice (the marker is not rewritten).
+    std::fs::remove_file(mps.log_dir(2).join("started-for")).unwrap();
+    mps.ensure(2, "GPU-abc").await.unwrap();
+    assert!(!mps.log_dir(2).join("started-for").exists());
+
+    mps.stop(2).await.unwrap();
+    assert!(!mps.running(2));
+    mps.stop(2).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_program_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mps = Mps::new(MpsControl::Program("/nonexistent/nvidia-cuda-mps-control".into()), dir.path().into());
+    let err = mps.ensure(0, "GPU-x").await.unwrap_err().to_string();
+    assert!(err.contains("GPU 0") && err.contains("/nonexistent/nvidia-cuda-mps-control"), "{err}");
+}
