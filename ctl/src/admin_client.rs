@@ -39,6 +39,12 @@ impl AdminClient {
         self.request(method, path, Some(body)).await
     }
 
+    /// A GET whose status and body the caller judges itself (used for the
+    /// Docker engine's socket too, which speaks the same HTTP).
+    pub async fn get_raw(&self, path: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+        self.exchange(Method::GET, path, None).await
+    }
+
     async fn request<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -87,5 +93,31 @@ impl AdminClient {
         tokio::time::timeout(REQUEST_TIMEOUT, work)
             .await
             .map_err(|_| anyhow!("the coordinator did not answer within {REQUEST_TIMEOUT:?}"))?
+    }
+}
+
+/// Percent-encodes one path segment or query value: names are plain, but a
+/// typo with `/`, `?` or a space must not change which route is asked.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_keeps_names_and_escapes_the_rest() {
+        assert_eq!(encode("llm.0.12"), "llm.0.12");
+        assert_eq!(encode("a/b c?d"), "a%2Fb%20c%3Fd");
+        assert_eq!(encode("é"), "%C3%A9");
     }
 }

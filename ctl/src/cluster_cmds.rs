@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use gantry_common::api::{ClusterStatus, GpuView, MemberRole, NodeView};
+use gantry_common::model::MigMode;
 use hyper::Method;
 use serde_json::Value;
 
@@ -45,27 +46,40 @@ pub async fn nodes(client: &AdminClient, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&nodes);
     }
-    let rows: Vec<Vec<String>> = nodes
+    print!(
+        "{}",
+        render(
+            &["NAME", "STATUS", "HEARTBEAT", "CPUS", "MEMORY", "GPUS", "ALLOCS", "BACKEND", "LABELS"],
+            &node_rows(&nodes)
+        )
+    );
+    Ok(())
+}
+
+/// One row per node; a drained node's status reads `ready,drained`.
+pub fn node_rows(nodes: &[NodeView]) -> Vec<Vec<String>> {
+    nodes
         .iter()
         .map(|n| {
             let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let status = if n.drained {
+                format!("{},drained", n.status.as_str())
+            } else {
+                n.status.as_str().to_string()
+            };
             vec![
                 n.name.clone(),
-                n.status.as_str().to_string(),
+                status,
                 n.heartbeat_age_s.map(|a| format!("{a:.1}s")).unwrap_or_else(|| "-".into()),
                 n.cpu_count.to_string(),
                 format!("{} GiB", n.memory_total_mib / 1024),
                 n.gpu_count.to_string(),
+                n.allocs.to_string(),
                 n.gpu_backend.clone(),
                 if labels.is_empty() { "-".into() } else { labels.join(",") },
             ]
         })
-        .collect();
-    print!(
-        "{}",
-        render(&["NAME", "STATUS", "HEARTBEAT", "CPUS", "MEMORY", "GPUS", "BACKEND", "LABELS"], &rows)
-    );
-    Ok(())
+        .collect()
 }
 
 pub async fn gpus(client: &AdminClient, json: bool) -> anyhow::Result<()> {
@@ -73,31 +87,49 @@ pub async fn gpus(client: &AdminClient, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&gpus);
     }
-    let rows: Vec<Vec<String>> = gpus
-        .iter()
+    print!(
+        "{}",
+        render(
+            &[
+                "NODE", "INDEX", "MODEL", "SHARING", "ALLOCS", "MEMORY", "UTIL", "TEMP", "POWER", "MIG",
+                "MPS", "HEALTH", "UUID"
+            ],
+            &gpu_rows(&gpus)
+        )
+    );
+    Ok(())
+}
+
+/// One row per GPU. MIG shows the mode and, when on, the instances that
+/// exist; MPS the clients of the GPU's MPS daemon.
+pub fn gpu_rows(gpus: &[GpuView]) -> Vec<Vec<String>> {
+    gpus.iter()
         .map(|g| {
+            let mig = match g.mig_instances {
+                Some(n) if g.mig_mode == MigMode::Enabled => format!("enabled ({n} inst)"),
+                _ => g.mig_mode.as_str().to_string(),
+            };
+            let mps = match g.mps_clients {
+                Some(n) => format!("{n} clients"),
+                None => "-".into(),
+            };
             vec![
                 g.node.clone(),
                 g.index.to_string(),
                 g.model.clone(),
+                g.sharing.as_str().to_string(),
+                g.allocs.to_string(),
                 format!("{}/{} MiB", opt(g.memory_used_mib), g.memory_total_mib),
                 g.utilization_pct.map(|u| format!("{u}%")).unwrap_or_else(|| "-".into()),
                 g.temperature_c.map(|t| format!("{t}C")).unwrap_or_else(|| "-".into()),
                 g.power_w.map(|p| format!("{p:.0}W")).unwrap_or_else(|| "-".into()),
-                g.mig_mode.as_str().to_string(),
+                mig,
+                mps,
                 g.health.clone(),
                 g.uuid.clone(),
             ]
         })
-        .collect();
-    print!(
-        "{}",
-        render(
-            &["NODE", "INDEX", "MODEL", "MEMORY", "UTIL", "TEMP", "POWER", "MIG", "HEALTH", "UUID"],
-            &rows
-        )
-    );
-    Ok(())
+        .collect()
 }
 
 pub async fn label(client: &AdminClient, node: &str, changes: &[String], json: bool) -> anyhow::Result<()> {
@@ -139,4 +171,89 @@ fn done(resp: Value, json: bool, message: &str) -> anyhow::Result<()> {
 pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v).context("encoding JSON")?);
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use gantry_common::model::{GpuSharing, NodeStatus};
+
+    use super::*;
+
+    fn node(drained: bool) -> NodeView {
+        NodeView {
+            name: "node-1".into(),
+            status: NodeStatus::Ready,
+            heartbeat_age_s: Some(0.42),
+            labels: BTreeMap::from([("dev".to_string(), "true".to_string())]),
+            cpu_count: 16,
+            memory_total_mib: 65536,
+            cpu_usage_pct: None,
+            memory_used_mib: None,
+            gpu_count: 4,
+            gpu_backend: "sim".into(),
+            agent_version: "0.1.0".into(),
+            drained,
+            allocs: 3,
+        }
+    }
+
+    #[test]
+    fn node_rows_mark_drained_nodes_and_count_allocs() {
+        let rows = node_rows(&[node(false), node(true)]);
+        assert_eq!(rows[0], ["node-1", "ready", "0.4s", "16", "64 GiB", "4", "3", "sim", "dev=true"]);
+        assert_eq!(rows[1][1], "ready,drained");
+    }
+
+    #[test]
+    fn gpu_rows_show_sharing_allocs_mig_and_mps() {
+        let g = GpuView {
+            node: "node-1".into(),
+            index: 0,
+            uuid: "GPU-1".into(),
+            model: "H100-80GB".into(),
+            memory_total_mib: 81559,
+            memory_used_mib: Some(20000),
+            utilization_pct: Some(30),
+            temperature_c: Some(40),
+            power_w: Some(120.4),
+            mig_mode: MigMode::Enabled,
+            sharing: GpuSharing::Mig,
+            allocs: 2,
+            mps_clients: None,
+            mig_instances: Some(2),
+            health: "healthy".into(),
+            health_reason: None,
+        };
+        let mps = GpuView {
+            index: 1,
+            mig_mode: MigMode::Disabled,
+            sharing: GpuSharing::Mps,
+            mps_clients: Some(4),
+            mig_instances: Some(0),
+            ..g.clone()
+        };
+        let rows = gpu_rows(&[g, mps]);
+        assert_eq!(
+            rows[0],
+            [
+                "node-1",
+                "0",
+                "H100-80GB",
+                "mig",
+                "2",
+                "20000/81559 MiB",
+                "30%",
+                "40C",
+                "120W",
+                "enabled (2 inst)",
+                "-",
+                "healthy",
+                "GPU-1"
+            ]
+        );
+        assert_eq!(rows[1][3], "mps");
+        assert_eq!(rows[1][9], "disabled");
+        assert_eq!(rows[1][10], "4 clients");
+    }
 }

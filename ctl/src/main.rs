@@ -4,6 +4,10 @@
 //!
 //! - `admin_client`: HTTP+JSON over the coordinator's admin Unix socket.
 //! - `cluster_cmds`: `status`, `nodes`, `gpus`, `label`, `cluster add|remove`.
+//! - `workload_cmds`: `run`, `workloads`, `allocs`, `stop`.
+//! - `wait`: following a rollout or a stop (pure judges, polling loops).
+//! - `drain`: `drain`, `undrain`.
+//! - `logs`: an allocation's output, streamed from its agent.
 //! - `certs`: the cluster CA and certificates.
 //! - `dev`: a local development cluster of real processes.
 //! - `sim`: trace replay of the placement engine.
@@ -13,18 +17,24 @@ mod admin_client;
 mod certs;
 mod cluster_cmds;
 mod dev;
+mod drain;
+mod logs;
 mod sim;
 mod table;
+mod wait;
+mod workload_cmds;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use admin_client::AdminClient;
 
-/// Operate a Gantry GPU cluster: inspect coordinators, nodes and GPUs, manage
-/// membership and certificates, run a local development cluster.
+/// Operate a Gantry GPU cluster: run and stop workloads, inspect coordinators,
+/// nodes, GPUs and allocations, drain nodes, manage membership and
+/// certificates, run a local development cluster.
 ///
 /// Commands that talk to a cluster use a coordinator's admin socket: --socket,
 /// or GANTRY_SOCKET (`gantryctl dev` writes it to DIR/env). Any coordinator
@@ -62,6 +72,76 @@ enum Cmd {
         /// Changes: KEY=VALUE sets, KEY- removes.
         #[arg(required = true)]
         changes: Vec<String>,
+    },
+    /// Submit or update a workload from a TOML file.
+    ///
+    /// The file is checked here first (errors name the field). The same spec
+    /// again changes nothing; any change but the replica count makes a new
+    /// version whose replicas replace the old ones. With --wait, follows the
+    /// new version until every replica runs and is healthy (running, when the
+    /// spec has no health check) and prints their endpoints; fails when a
+    /// replica fails, when the cluster has no room for it, or at --timeout.
+    Run {
+        /// Workload file (TOML; see examples/ in the source tree).
+        file: PathBuf,
+        /// Wait until every replica of this version is healthy.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (the rollout goes on).
+        #[arg(long, default_value_t = 300, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Workloads: version, runtime, GPU request, running/desired replicas, status.
+    Workloads,
+    /// Allocations (placed replicas): node, GPUs, desired and actual state, health, endpoint.
+    Allocs {
+        /// Only this workload's.
+        workload: Option<String>,
+        /// Also show allocations already stopped (hidden by default).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Stop every replica of a workload; the workload is forgotten once they stopped.
+    Stop {
+        /// Workload name.
+        workload: String,
+        /// Wait until no replica holds resources any more.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 300, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Print an allocation's output (stdout and stderr), read from its agent.
+    ///
+    /// ALLOC is an id from `gantryctl allocs`, or a prefix that names one.
+    /// The agent serves logs on its HTTP listener (`metrics_listen`), which
+    /// must be reachable from here.
+    Logs {
+        /// Allocation id (or an unambiguous prefix).
+        alloc: String,
+        /// Keep printing new output until Ctrl-C or the replica's end.
+        #[arg(long, short)]
+        follow: bool,
+        /// Start with at most the last BYTES of output (default: the agent's).
+        #[arg(long, value_name = "BYTES")]
+        tail: Option<u64>,
+    },
+    /// Drain a node: nothing new is placed there and its replicas move elsewhere.
+    Drain {
+        /// Node name.
+        node: String,
+        /// Wait until no allocation on the node holds resources.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (the node stays drained).
+        #[arg(long, default_value_t = 300, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Undrain a node: new replicas may be placed there again.
+    Undrain {
+        /// Node name.
+        node: String,
     },
     /// Change the set of coordinators.
     #[command(subcommand)]
@@ -134,8 +214,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cluster_cmds::add_member(&client, id, &addr, json).await
             }
             Cmd::Cluster(ClusterCmd::Remove { id }) => cluster_cmds::remove_member(&client, id, json).await,
+            Cmd::Run { file, wait, timeout } => {
+                workload_cmds::run(&client, &file, wait, Duration::from_secs(timeout), json).await
+            }
+            Cmd::Workloads => workload_cmds::workloads(&client, json).await,
+            Cmd::Allocs { workload, all } => {
+                workload_cmds::allocs(&client, workload.as_deref(), all, json).await
+            }
+            Cmd::Stop { workload, wait, timeout } => {
+                workload_cmds::stop(&client, &workload, wait, Duration::from_secs(timeout), json).await
+            }
+            Cmd::Logs { alloc, follow, tail } => logs::logs(&client, &alloc, follow, tail, json).await,
+            Cmd::Drain { node, wait, timeout } => {
+                drain::drain(&client, &node, true, wait, Duration::from_secs(timeout), json).await
+            }
+            Cmd::Undrain { node } => drain::drain(&client, &node, false, false, Duration::ZERO, json).await,
             Cmd::Dev(args) => dev::run(args).await,
             Cmd::Certs(_) | Cmd::Generate { .. } | Cmd::Sim(_) => Ok(()),
         }
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn demo_refuses_agent_flags_it_would_ignore() {
+        assert!(Cli::try_parse_from(["gantryctl", "dev", "--demo"]).is_ok());
+        let e = Cli::try_parse_from(["gantryctl", "dev", "--demo", "--agent-gpus", "1xL4-24GB"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
 }

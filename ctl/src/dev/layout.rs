@@ -10,6 +10,8 @@ use gantry_common::identity::Role;
 use gantry_common::tls::{self, TlsFiles};
 use serde::Serialize;
 
+use super::agents::AgentSetup;
+
 /// One process of the dev cluster, as planned.
 #[derive(Clone, Debug)]
 pub struct ProcessPlan {
@@ -21,9 +23,16 @@ pub struct ProcessPlan {
     pub admin_socket: Option<PathBuf>,
 }
 
-/// Writes the PKI and every config under `dir`; returns the plan of processes.
-pub fn prepare(dir: &Path, args: &super::DevArgs) -> anyhow::Result<Vec<ProcessPlan>> {
-    let (coordinators, agents, gpus) = (args.coordinators, args.agents, args.gpus.as_str());
+/// Writes the PKI and every config under `dir`; returns the plan of
+/// processes. `agents` holds each agent's setup; `docker_socket` is the
+/// engine for docker workloads (empty: processes only).
+pub fn prepare(
+    dir: &Path,
+    args: &super::DevArgs,
+    agents: &[AgentSetup],
+    docker_socket: &str,
+) -> anyhow::Result<Vec<ProcessPlan>> {
+    let coordinators = args.coordinators;
     let pki = dir.join("pki");
     if pki.join("ca.pem").exists() {
         bail!("{} already holds a dev cluster; pass a fresh --dir or remove it", dir.display());
@@ -65,7 +74,7 @@ pub fn prepare(dir: &Path, args: &super::DevArgs) -> anyhow::Result<Vec<ProcessP
             admin_socket: Some(admin_socket),
         });
     }
-    for i in 1..=agents {
+    for (i, setup) in (1..).zip(agents) {
         let name = format!("node-{i}");
         let home = dir.join(&name);
         std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
@@ -77,9 +86,13 @@ pub fn prepare(dir: &Path, args: &super::DevArgs) -> anyhow::Result<Vec<ProcessP
             data_dir: home.join("data"),
             telemetry_interval_ms: 1000,
             gpu_backend: "sim",
-            sim_gpus: gpus.to_string(),
+            sim_gpus: setup.gpus.clone(),
             metrics_listen: metrics.to_string(),
             labels: BTreeMap::from([("dev".to_string(), "true".to_string())]),
+            gpu_sharing: super::agents::sharing_table(setup.sharing.as_deref()),
+            port_range: format!("{}-{}", setup.ports.0, setup.ports.1),
+            advertise_address: "127.0.0.1".to_string(),
+            docker_socket: docker_socket.to_string(),
             tls: files,
         };
         let path = home.join("agent.toml");
@@ -117,6 +130,10 @@ struct AgentFile {
     sim_gpus: String,
     metrics_listen: String,
     labels: BTreeMap<String, String>,
+    gpu_sharing: BTreeMap<String, String>,
+    port_range: String,
+    advertise_address: String,
+    docker_socket: String,
     tls: TlsFiles,
 }
 

@@ -4,22 +4,37 @@
 //! coordinators and M agents (simulated GPUs) as separate OS processes, waits
 //! until a leader is elected and every agent is registered, then writes
 //! `DIR/cluster.json` and `DIR/env` and runs until Ctrl-C or SIGTERM, when it
-//! stops agents first, then coordinators.
+//! stops agents first, then coordinators. With `--demo` it first submits
+//! three inference workloads and follows them until healthy.
+//!
+//! # Layout
+//!
+//! - `agents`: each agent's GPUs, GPU sharing, port range, and the agent
+//!   flags that carry them.
+//! - `runtime`: Docker or processes, decided from what answers.
+//! - `layout`: certificates, configs and ports written before anything starts.
+//! - `processes`: starting and stopping the children.
+//! - `demo`: the `--demo` workloads.
 
+mod agents;
+mod demo;
 mod layout;
 mod processes;
+mod runtime;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use gantry_common::api::{ClusterStatus, NodeView};
+use gantry_common::api::{AllocView, ClusterStatus, NodeView, WorkloadView};
 use gantry_common::identity::Role;
 use gantry_common::model::NodeStatus;
 use serde::Serialize;
 
 use crate::admin_client::AdminClient;
+use agents::AgentSetup;
 use processes::Running;
+use runtime::RuntimeChoice;
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
@@ -36,6 +51,30 @@ pub struct DevArgs {
     /// GPUs of each agent, e.g. 8xH100-80GB or 4xA100-40GB,2xL4-24GB.
     #[arg(long, default_value = "8xH100-80GB")]
     pub gpus: String,
+    /// GPUs of one agent, overriding --gpus: the first use is agent 1's
+    /// (node-1), the second agent 2's, and so on.
+    #[arg(long, value_name = "SPEC")]
+    pub agent_gpus: Vec<String>,
+    /// How GPUs are shared, e.g. 0=mig,1=mps (others stay exclusive; modes:
+    /// exclusive, mig, mps, shared). Given once: every agent; given once per
+    /// agent: the Nth for agent N.
+    #[arg(long, value_name = "INDEX=MODE,...")]
+    pub gpu_sharing: Vec<String>,
+    /// How agents run workloads. auto: docker when a Docker engine answers on
+    /// /var/run/docker.sock (or DOCKER_HOST), else process. docker: agents
+    /// run both docker and process workloads; process: only process ones.
+    #[arg(long, value_enum, default_value_t = RuntimeChoice::Auto)]
+    pub runtime: RuntimeChoice,
+    /// Also run a demo: 2 agents (4xH100-80GB and 4xA100-40GB, GPU 0 in MIG
+    /// mode, GPU 1 shared through MPS), and three gantry-infer workloads
+    /// (exclusive, MPS, MIG) followed until healthy. Runs the gantry-infer:dev
+    /// image when Docker has it, else the gantry-infer binary (next to
+    /// gantryctl or on PATH).
+    #[arg(long, conflicts_with_all = ["agents", "gpus", "agent_gpus", "gpu_sharing"])]
+    pub demo: bool,
+    /// With --demo: give up if the workloads are not healthy within this many seconds.
+    #[arg(long, default_value_t = 180, value_name = "SECS")]
+    pub demo_timeout_secs: u64,
     /// Mark a node down after this many seconds without heartbeats.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub node_down_after_secs: u64,
@@ -70,12 +109,19 @@ struct ClusterFile {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    gantry_common::gpu_spec::parse_gpu_spec(&args.gpus).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let setups = if args.demo {
+        agents::demo_setups()
+    } else {
+        agents::setups(args.agents, &args.gpus, &args.agent_gpus, &args.gpu_sharing)?
+    };
     // Handlers first: a Ctrl-C during start-up must still stop the children,
     // which run in their own process groups and would otherwise be orphaned.
     let stop = gantry_common::shutdown::on_terminate();
     tokio::pin!(stop);
     let bin_dir = binaries_dir()?;
+    let found = runtime::probe(&bin_dir).await;
+    let decision = runtime::decide(args.runtime, &found, args.demo)?;
+    let agents: Vec<AgentSetup> = setups;
     let (dir, _temp) = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -90,7 +136,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     };
     eprintln!("gantry dev cluster in {}", dir.display());
-    let plan = layout::prepare(&dir, &args)?;
+    let plan = layout::prepare(&dir, &args, &agents, &decision.docker_socket)?;
     let mut running: Vec<Running> = Vec::new();
     for p in &plan {
         match processes::spawn(&bin_dir, p) {
@@ -103,7 +149,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let sockets: Vec<PathBuf> = plan.iter().filter_map(|p| p.admin_socket.clone()).collect();
     let ready = tokio::select! {
-        r = wait_ready(&sockets, args.agents, &mut running, Duration::from_secs(args.ready_timeout_secs)) => r,
+        r = wait_ready(&sockets, agents.len() as u32, &mut running, Duration::from_secs(args.ready_timeout_secs)) => r,
         () = &mut stop => Err(anyhow::anyhow!("interrupted before the cluster was ready")),
     };
     if let Err(e) = ready {
@@ -113,22 +159,56 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     write_files(&dir, &running, &sockets)?;
     let socket = sockets.first().map(|s| s.display().to_string()).unwrap_or_default();
-    println!(
-        "cluster ready: {} coordinators, {} agents ({} each)",
-        args.coordinators, args.agents, args.gpus
-    );
+    println!("cluster ready: {} coordinators, {} agents", args.coordinators, agents.len());
+    for (i, setup) in (1..).zip(&agents) {
+        let sharing = setup.sharing.as_deref().map(|s| format!(", sharing {s}")).unwrap_or_default();
+        println!("  node-{i}: {}{sharing}, workload ports {}-{}", setup.gpus, setup.ports.0, setup.ports.1);
+    }
+    println!("  runtime:        {} ({})", decision.runtime, decision.why);
     println!("  state and logs: {}", dir.display());
     println!("  processes:      {}", dir.join("cluster.json").display());
-    println!("try:");
-    println!("  export GANTRY_SOCKET={socket}");
-    println!("  gantryctl status; gantryctl nodes; gantryctl gpus");
+    if !args.demo {
+        println!("try:");
+        println!("  export GANTRY_SOCKET={socket}");
+        println!("  gantryctl status; gantryctl nodes; gantryctl gpus");
+        println!("  gantryctl run FILE --wait   (workload files: examples/ in the source tree)");
+    }
+    let mut demo_failed = None;
+    if let Some(target) = decision.demo.as_ref().filter(|_| args.demo) {
+        let client = AdminClient::new(sockets.first().map(PathBuf::as_path).unwrap_or(Path::new("")));
+        let timeout = Duration::from_secs(args.demo_timeout_secs);
+        eprintln!("starting the demo workloads…");
+        let outcome = tokio::select! {
+            r = demo::run(&client, &dir, target, timeout) => Some(r),
+            () = &mut stop => None,
+        };
+        match outcome {
+            None => {
+                eprintln!("stopping the dev cluster…");
+                stop_workloads(&sockets).await;
+                stop_all(&mut running);
+                return Ok(());
+            }
+            Some(Ok(done)) => print!("\n{}", demo::summary(&done, &socket)),
+            Some(Err(e)) => {
+                // Left running so its allocations and logs can be looked at.
+                eprintln!("error: {e:#}");
+                eprintln!("the cluster keeps running so you can look (gantryctl allocs, gantryctl logs ID)");
+                demo_failed = Some(e);
+            }
+        }
+    }
     println!("Ctrl-C stops every process.");
 
     supervise(&mut running, stop).await;
     eprintln!("stopping the dev cluster…");
+    stop_workloads(&sockets).await;
     stop_all(&mut running);
     eprintln!("stopped");
-    Ok(())
+    match demo_failed {
+        Some(e) => Err(e.context("the demo did not come up")),
+        None => Ok(()),
+    }
 }
 
 /// The directory holding `gantry-coordinator` and `gantry-agent`: next to this binary.
@@ -244,6 +324,54 @@ async fn supervise(
         }
     }
 }
+
+/// Stops every workload and waits (at most [`WORKLOAD_STOP_LIMIT`]) until
+/// no replica holds anything. An agent that stops leaves its workloads
+/// running, so that restarting it does not kill them; here that would
+/// orphan containers and processes when the dev cluster goes away.
+async fn stop_workloads(sockets: &[PathBuf]) {
+    let mut answered = None;
+    for socket in sockets {
+        let client = AdminClient::new(socket);
+        if let Ok(w) = client.get::<Vec<WorkloadView>>("/v1/workloads").await {
+            answered = Some((client, w));
+            break;
+        }
+    }
+    let Some((client, workloads)) = answered else { return };
+    if workloads.is_empty() {
+        return;
+    }
+    eprintln!("stopping {} workloads…", workloads.len());
+    for w in &workloads {
+        let path = format!("/v1/workloads/{}", crate::admin_client::encode(&w.name));
+        if let Err(e) = client.send::<_, serde_json::Value>(hyper::Method::DELETE, &path, &()).await {
+            eprintln!("warning: stopping workload {}: {e:#}", w.name);
+        }
+    }
+    let deadline = Instant::now() + WORKLOAD_STOP_LIMIT;
+    loop {
+        let Ok(allocs) = client.get::<Vec<AllocView>>("/v1/allocs").await else { return };
+        let left: Vec<&str> =
+            allocs.iter().filter(|a| !crate::wait::is_terminal(&a.actual)).map(|a| a.id.as_str()).collect();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "warning: {} replicas still running after {WORKLOAD_STOP_LIMIT:?} ({}); \
+                 they may outlive the cluster (docker ps; ps)",
+                left.len(),
+                left.join(", ")
+            );
+            return;
+        }
+        tokio::time::sleep(crate::wait::POLL).await;
+    }
+}
+
+/// How long stopping the workloads may take when the dev cluster stops.
+const WORKLOAD_STOP_LIMIT: Duration = Duration::from_secs(30);
 
 /// Agents first (so they don't chase a vanishing leader), then coordinators.
 fn stop_all(running: &mut [Running]) {

@@ -1,0 +1,342 @@
+//! `gantryctl run`, `workloads`, `allocs`, `stop`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use gantry_common::api::{AllocView, SubmitResult, WorkloadView};
+use gantry_common::workload::{parse_workload_toml, WorkloadSpec};
+use hyper::Method;
+use serde_json::Value;
+
+use crate::admin_client::{encode, AdminClient};
+use crate::cluster_cmds::print_json;
+use crate::table::render;
+use crate::wait::{self, round_ms, RolloutDone};
+
+/// Reads and validates a workload file locally, so mistakes show before any
+/// request: `FILE: field: reason`.
+pub fn read_spec(path: &Path) -> anyhow::Result<WorkloadSpec> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_workload_toml(&text).map_err(|e| anyhow::anyhow!("{}: {}: {}", path.display(), e.field, e.reason))
+}
+
+/// Submits a spec; returns what the coordinator answered.
+pub async fn submit(client: &AdminClient, spec: &WorkloadSpec) -> anyhow::Result<SubmitResult> {
+    client
+        .send(Method::POST, "/v1/workloads", spec)
+        .await
+        .with_context(|| format!("submitting {}", spec.name))
+}
+
+/// Follows the version just submitted until it is healthy (or fails).
+pub async fn wait_healthy(
+    client: &AdminClient,
+    spec: &WorkloadSpec,
+    submitted: &SubmitResult,
+    timeout: Duration,
+    started: Instant,
+) -> anyhow::Result<RolloutDone> {
+    let rollout =
+        wait::Rollout::new(&submitted.workload, submitted.version, spec.health.is_some(), timeout, started);
+    wait::follow_rollout(client, rollout).await
+}
+
+pub async fn run(
+    client: &AdminClient,
+    file: &Path,
+    wait: bool,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let spec = read_spec(file)?;
+    let started = Instant::now();
+    let result = submit(client, &spec).await?;
+    if !wait {
+        if json {
+            return print_json(&result);
+        }
+        println!("{}", submitted_line(&result));
+        return Ok(());
+    }
+    if !json {
+        eprintln!("{}", submitted_line(&result));
+    }
+    let done = wait_healthy(client, &spec, &result, timeout, started).await?;
+    if json {
+        return print_json(&done);
+    }
+    print!("{}", rollout_report(&done, spec.health.is_some()));
+    Ok(())
+}
+
+/// `workload llm: version 3 submitted (unchanged)`
+pub fn submitted_line(r: &SubmitResult) -> String {
+    let what = if r.changed { format!("log index {}", r.log_index) } else { "unchanged".to_string() };
+    format!("workload {}: version {} submitted ({what})", r.workload, r.version)
+}
+
+/// The replicas with their endpoints, then the times.
+pub fn rollout_report(done: &RolloutDone, has_health_check: bool) -> String {
+    let rows: Vec<Vec<String>> = done
+        .allocs
+        .iter()
+        .map(|a| {
+            vec![a.id.clone(), a.node.clone(), gpus_cell(a), a.endpoint.clone().unwrap_or_else(|| "-".into())]
+        })
+        .collect();
+    let mut out = render(&["ID", "NODE", "GPU", "ENDPOINT"], &rows);
+    let ready = if has_health_check { "healthy" } else { "running (no health check)" };
+    out.push_str(&format!(
+        "{} v{}: {} replicas placed after {:.1}s, {ready} after {:.1}s\n",
+        done.workload,
+        done.version,
+        done.allocs.len(),
+        done.placed_s,
+        done.healthy_s
+    ));
+    out
+}
+
+pub async fn workloads(client: &AdminClient, json: bool) -> anyhow::Result<()> {
+    let views: Vec<WorkloadView> = client.get("/v1/workloads").await?;
+    if json {
+        return print_json(&views);
+    }
+    if views.is_empty() {
+        println!("no workloads; submit one with `gantryctl run FILE`");
+        return Ok(());
+    }
+    print!(
+        "{}",
+        render(
+            &["NAME", "VERSION", "RUNTIME", "TARGET", "GPU", "REPLICAS", "HEALTHY", "STATUS", "REASON"],
+            &workload_rows(&views)
+        )
+    );
+    Ok(())
+}
+
+pub fn workload_rows(views: &[WorkloadView]) -> Vec<Vec<String>> {
+    views
+        .iter()
+        .map(|w| {
+            vec![
+                w.name.clone(),
+                w.version.to_string(),
+                w.runtime.clone(),
+                w.target.clone(),
+                w.gpu.clone(),
+                format!("{}/{}", w.running, w.replicas),
+                w.healthy.to_string(),
+                w.status.clone(),
+                w.pending_reason.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect()
+}
+
+pub async fn allocs(
+    client: &AdminClient,
+    workload: Option<&str>,
+    all: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let path = match workload {
+        Some(w) => format!("/v1/allocs?workload={}", encode(w)),
+        None => "/v1/allocs".to_string(),
+    };
+    let allocs: Vec<AllocView> = client.get(&path).await?;
+    let shown = visible(&allocs, all);
+    if json {
+        return print_json(&shown);
+    }
+    if shown.is_empty() {
+        let hidden = allocs.len();
+        if hidden > 0 {
+            println!("no live allocations ({hidden} stopped ones hidden; --all shows them)");
+        } else {
+            println!("no allocations");
+        }
+        return Ok(());
+    }
+    print!(
+        "{}",
+        render(
+            &["ID", "WORKLOAD", "NODE", "GPU", "DESIRED", "ACTUAL", "HEALTH", "RESTARTS", "ENDPOINT/MESSAGE"],
+            &alloc_rows(&shown)
+        )
+    );
+    Ok(())
+}
+
+/// By default, allocations that were stopped on purpose and hold nothing
+/// any more are history: hidden unless `all`.
+pub fn visible(allocs: &[AllocView], all: bool) -> Vec<&AllocView> {
+    allocs.iter().filter(|a| all || !(a.desired == "stop" && wait::is_terminal(&a.actual))).collect()
+}
+
+pub fn alloc_rows(allocs: &[&AllocView]) -> Vec<Vec<String>> {
+    allocs
+        .iter()
+        .map(|a| {
+            let last = match (&a.endpoint, a.message.is_empty()) {
+                (Some(e), true) => e.clone(),
+                (Some(e), false) => format!("{e} ({})", a.message),
+                (None, false) => a.message.clone(),
+                (None, true) => "-".into(),
+            };
+            vec![
+                a.id.clone(),
+                a.workload.clone(),
+                a.node.clone(),
+                gpus_cell(a),
+                a.desired.clone(),
+                a.actual.clone(),
+                a.health.clone(),
+                a.restarts.to_string(),
+                last,
+            ]
+        })
+        .collect()
+}
+
+fn gpus_cell(a: &AllocView) -> String {
+    if a.gpus.is_empty() {
+        "-".into()
+    } else {
+        a.gpus.join(", ")
+    }
+}
+
+pub async fn stop(
+    client: &AdminClient,
+    workload: &str,
+    wait: bool,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let resp: Value = client
+        .send(Method::DELETE, &format!("/v1/workloads/{}", encode(workload)), &())
+        .await
+        .with_context(|| format!("stopping {workload} (`gantryctl workloads` lists the names)"))?;
+    let log_index = resp.get("log_index").cloned().unwrap_or(Value::Null);
+    if !wait {
+        if json {
+            return print_json(&resp);
+        }
+        println!("workload {workload}: stop requested (log index {log_index})");
+        return Ok(());
+    }
+    let took = wait::follow_stop(client, workload, timeout).await?;
+    if json {
+        return print_json(&serde_json::json!({
+            "workload": workload,
+            "log_index": log_index,
+            "stopped_s": round_ms(took),
+        }));
+    }
+    println!("workload {workload}: every replica stopped after {:.1}s", took.as_secs_f64());
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::wait::tests::{alloc, view};
+
+    #[test]
+    fn allocs_hide_stopped_history_unless_all() {
+        let allocs = vec![
+            alloc("llm.0.1", 1, "stop", "stopped", "unknown"),
+            alloc("llm.1.2", 1, "stop", "running", "healthy"),
+            alloc("llm.2.3", 1, "run", "failed", "unknown"),
+            alloc("llm.3.4", 1, "stop", "lost", "unknown"),
+        ];
+        let ids = |v: Vec<&AllocView>| v.iter().map(|a| a.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(visible(&allocs, false)), ["llm.1.2", "llm.2.3"]);
+        assert_eq!(visible(&allocs, true).len(), 4);
+    }
+
+    #[test]
+    fn alloc_rows_show_endpoint_or_message() {
+        let mut running = alloc("llm.0.1", 1, "run", "running", "healthy");
+        running.gpus = vec!["MPS 25% 10000MiB on GPU 1".into(), "GPU 2".into()];
+        let mut failed = alloc("llm.1.2", 1, "run", "failed", "unknown");
+        failed.message = "image gantry-infer:dev not found".into();
+        failed.gpus.clear();
+        let rows = alloc_rows(&[&running, &failed]);
+        assert_eq!(
+            rows[0],
+            [
+                "llm.0.1",
+                "llm",
+                "node-1",
+                "MPS 25% 10000MiB on GPU 1, GPU 2",
+                "run",
+                "running",
+                "healthy",
+                "0",
+                "127.0.0.1:31000"
+            ]
+        );
+        assert_eq!(rows[1][3], "-");
+        assert_eq!(rows[1][8], "image gantry-infer:dev not found");
+    }
+
+    #[test]
+    fn workload_rows_show_running_over_desired_and_the_reason() {
+        let mut v = view(3, 4, Some("no node has room"));
+        v.running = 1;
+        v.healthy = 1;
+        let rows = workload_rows(&[v]);
+        assert_eq!(
+            rows[0],
+            [
+                "llm",
+                "3",
+                "process",
+                "/bin/gantry-infer",
+                "1 free exclusive GPU(s)",
+                "1/4",
+                "1",
+                "deploying",
+                "no node has room"
+            ]
+        );
+    }
+
+    #[test]
+    fn submitted_line_says_whether_anything_changed() {
+        let r = SubmitResult { workload: "llm".into(), version: 3, changed: false, log_index: 9 };
+        assert_eq!(submitted_line(&r), "workload llm: version 3 submitted (unchanged)");
+        let r = SubmitResult { changed: true, ..r };
+        assert_eq!(submitted_line(&r), "workload llm: version 3 submitted (log index 9)");
+    }
+
+    #[test]
+    fn a_bad_file_names_itself_and_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "name = \"w\"\nimage = \"i\"\nreplicas = 0\n").unwrap();
+        let e = read_spec(&path).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: replicas: must be 1-10000 (use `gantryctl stop` for 0)", path.display()));
+        let e = read_spec(&dir.path().join("missing.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("reading "), "{e}");
+    }
+
+    #[test]
+    fn rollout_report_lists_endpoints_and_times() {
+        let done = RolloutDone {
+            workload: "llm".into(),
+            version: 2,
+            placed_s: 0.4,
+            healthy_s: 2.26,
+            allocs: vec![alloc("llm.0.1", 2, "run", "running", "healthy")],
+        };
+        let text = rollout_report(&done, true);
+        assert!(text.contains("llm.0.1  node-1  GPU 0  127.0.0.1:31000"), "{text}");
+        assert!(text.ends_with("llm v2: 1 replicas placed after 0.4s, healthy after 2.3s\n"), "{text}");
+    }
+}
