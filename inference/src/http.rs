@@ -38,6 +38,8 @@ pub const MAX_ABS_INPUT: f32 = 1.0e6;
 pub struct AppState {
     pub model: Model,
     pub gpu: GpuEnv,
+    /// When this process started (Unix ms): tells a restart from a survivor.
+    pub started_unix_ms: u64,
 }
 
 /// `POST /v1/infer` body.
@@ -124,6 +126,7 @@ struct HealthResponse<'a> {
     status: &'static str,
     model: &'a str,
     gpu: &'a GpuEnv,
+    started_unix_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -135,7 +138,13 @@ struct InferResponse<'a> {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    Json(HealthResponse { status: "ok", model: state.model.name(), gpu: &state.gpu }).into_response()
+    Json(HealthResponse {
+        status: "ok",
+        model: state.model.name(),
+        gpu: &state.gpu,
+        started_unix_ms: state.started_unix_ms,
+    })
+    .into_response()
 }
 
 async fn infer(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {

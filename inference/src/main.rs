@@ -91,7 +91,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     // Tests and scripts read this line to learn the port when binding port 0.
     tracing::info!("listening on {}", listener.local_addr()?);
-    serve(listener, Arc::new(AppState { model, gpu }), shutdown).await?;
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    serve(listener, Arc::new(AppState { model, gpu, started_unix_ms }), shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

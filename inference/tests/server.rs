@@ -93,8 +93,13 @@ async fn serves_health_and_inference_and_reports_the_gpu() -> Result<()> {
     .await?;
     let gpu = json!({"CUDA_VISIBLE_DEVICES": "GPU-test", "GANTRY_ALLOC_ID": "alloc-1"});
 
-    let (status, health) = request(server.addr, "GET", "/health", "").await?;
+    let (status, mut health) = request(server.addr, "GET", "/health", "").await?;
     assert_eq!(status, 200);
+    let started = health.as_object_mut().and_then(|h| h.remove("started_unix_ms"));
+    assert!(
+        started.as_ref().and_then(|s| s.as_u64()).is_some_and(|ms| ms > 1_600_000_000_000),
+        "{started:?}"
+    );
     assert_eq!(health, json!({"status": "ok", "model": "tiny-mlp", "gpu": gpu}));
 
     let rows = vec![row(1.0), row(-1.0), row(0.0)];
