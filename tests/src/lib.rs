@@ -6,6 +6,9 @@
 //! binaries must be built first (`cargo build --workspace --bins`), which the
 //! README's test command does.
 
+pub mod http;
+pub mod workloads;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -65,11 +68,25 @@ pub struct DevOptions {
     pub agents: u32,
     pub gpus: &'static str,
     pub node_down_after_secs: u64,
+    /// Per agent GPUs (`--agent-gpus`), overriding `gpus`.
+    pub agent_gpus: Vec<&'static str>,
+    /// Per agent GPU sharing (`--gpu-sharing`), e.g. `0=mig,1=mps`.
+    pub gpu_sharing: Vec<&'static str>,
+    /// `--runtime`: `auto`, `docker` or `process`.
+    pub runtime: &'static str,
 }
 
 impl Default for DevOptions {
     fn default() -> Self {
-        DevOptions { coordinators: 3, agents: 2, gpus: "2xH100-80GB", node_down_after_secs: 10 }
+        DevOptions {
+            coordinators: 3,
+            agents: 2,
+            gpus: "2xH100-80GB",
+            node_down_after_secs: 10,
+            agent_gpus: Vec::new(),
+            gpu_sharing: Vec::new(),
+            runtime: "process",
+        }
     }
 }
 
@@ -92,6 +109,9 @@ impl DevCluster {
             .args(["--gpus", opts.gpus])
             .args(["--node-down-after-secs", &opts.node_down_after_secs.to_string()])
             .args(["--ready-timeout-secs", "90"])
+            .args(["--runtime", opts.runtime])
+            .args(opts.agent_gpus.iter().flat_map(|g| ["--agent-gpus", g]))
+            .args(opts.gpu_sharing.iter().flat_map(|g| ["--gpu-sharing", g]))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -137,17 +157,7 @@ impl DevCluster {
 
     /// Runs `gantryctl --json --socket SOCKET ARGS` and decodes its output.
     pub fn ctl<T: DeserializeOwned>(&self, socket: &Path, args: &[&str]) -> anyhow::Result<T> {
-        let out = Command::new(bin("gantryctl"))
-            .arg("--json")
-            .arg("--socket")
-            .arg(socket)
-            .args(args)
-            .output()
-            .context("running gantryctl")?;
-        if !out.status.success() {
-            bail!("gantryctl {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        serde_json::from_slice(&out.stdout).with_context(|| format!("gantryctl {args:?} printed no JSON"))
+        ctl(socket, args)
     }
 
     /// Current pid of a process of the cluster.
@@ -242,4 +252,19 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyho
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `gantryctl --json --socket SOCKET ARGS` and decodes its output.
+pub fn ctl<T: DeserializeOwned>(socket: &Path, args: &[&str]) -> anyhow::Result<T> {
+    let out = Command::new(bin("gantryctl"))
+        .arg("--json")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .context("running gantryctl")?;
+    if !out.status.success() {
+        bail!("gantryctl {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("gantryctl {args:?} printed no JSON"))
 }
