@@ -6,15 +6,22 @@
 //!   its own `CUDA_MPS_PIPE_DIRECTORY` and `CUDA_MPS_LOG_DIRECTORY`
 //!   (`<data_dir>/mps/<index>/{pipe,log}`), and stops it with
 //!   `echo quit | nvidia-cuda-mps-control`. The daemon forks away and
-//!   survives agent restarts; it counts as running while its `control`
-//!   socket in the pipe directory accepts connections, so a new agent finds
-//!   it, and the manager starts it again if it died while clients remain.
+//!   survives agent restarts, so a new agent finds it, and the manager
+//!   starts it again if it died while clients remain. It counts as running
+//!   while the process named in `nvidia-cuda-mps-control.pid` in its pipe
+//!   directory lives and is the control program; checking is silent, where
+//!   a connect to its `control` socket would log two lines in its
+//!   `control.log` on every reconcile tick. Without a pid file (other
+//!   drivers) a connect decides. A second `-d` on the same pipe directory
+//!   exits 1 ("An instance of this daemon is already running"), so this is
+//!   always checked first.
 //! - [`MpsControl::Modelled`] (sim): the same lifecycle goes to the sim
 //!   backend's modelled daemon, visible in telemetry as `mps_clients`.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,8 +44,6 @@ pub enum MpsError {
     Stop { index: u32, reason: String },
     #[error("GPU {index}: MPS control daemon: {0}", index = .1)]
     Model(crate::gpu::GpuError, u32),
-    #[error("GPU {index}: another MPS operation is under way")]
-    Busy { index: u32 },
 }
 
 /// How long a started daemon may take to open its control socket, and a
@@ -48,15 +53,17 @@ const SETTLE: Duration = Duration::from_secs(10);
 pub struct Mps {
     control: MpsControl,
     dir: PathBuf,
-    /// GPUs with a start or stop under way. A std `Mutex`: held only to
-    /// insert or remove, never across an await.
-    busy: Mutex<BTreeSet<u32>>,
+    /// One lock per GPU, held across a start or stop, so that replicas
+    /// starting together wait for the one daemon start instead of racing a
+    /// second `-d` (which the real program refuses). The outer std `Mutex`
+    /// is held only to find the GPU's lock, never across an await.
+    locks: Mutex<BTreeMap<u32, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Mps {
     /// Daemons whose directories live under `dir` (`<data_dir>/mps`).
     pub fn new(control: MpsControl, dir: PathBuf) -> Mps {
-        Mps { control, dir, busy: Mutex::new(BTreeSet::new()) }
+        Mps { control, dir, locks: Mutex::new(BTreeMap::new()) }
     }
 
     pub fn pipe_dir(&self, index: u32) -> PathBuf {
@@ -73,7 +80,7 @@ impl Mps {
             MpsControl::Modelled(gpus) => {
                 gpus.with(|b| b.mps_model().is_some_and(|m| m.daemon_running(index)))
             }
-            MpsControl::Program(_) => control_socket_answers(&self.pipe_dir(index)),
+            MpsControl::Program(program) => daemon_alive(&self.pipe_dir(index), program),
         }
     }
 
@@ -82,7 +89,8 @@ impl Mps {
         if self.running(index) {
             return Ok(());
         }
-        let _busy = self.claim(index)?;
+        let lock = self.lock(index);
+        let _held = lock.lock().await;
         if self.running(index) {
             return Ok(());
         }
@@ -97,10 +105,11 @@ impl Mps {
 
     /// Stops GPU `index`'s daemon if it runs.
     pub async fn stop(&self, index: u32) -> Result<(), MpsError> {
+        let lock = self.lock(index);
+        let _held = lock.lock().await;
         if !self.running(index) {
             return Ok(());
         }
-        let _busy = self.claim(index)?;
         match &self.control {
             MpsControl::Modelled(gpus) => gpus
                 .with(|b| b.mps_model().map(|m| m.stop_daemon(index)))
@@ -141,7 +150,9 @@ impl Mps {
             return Err(fail(format!("{status}; see {}", log.join("control.log").display())));
         }
         let deadline = Instant::now() + SETTLE;
-        while !control_socket_answers(&pipe) {
+        // Up once clients can connect and its pid file names it (a killed
+        // daemon leaves a stale one behind).
+        while !(control_socket_answers(&pipe) && daemon_alive(&pipe, program)) {
             if Instant::now() >= deadline {
                 return Err(fail(format!("its control socket did not appear in {}", pipe.display())));
             }
@@ -169,7 +180,7 @@ impl Mps {
             return Err(fail(status.to_string()));
         }
         let deadline = Instant::now() + SETTLE;
-        while control_socket_answers(&pipe) {
+        while daemon_alive(&pipe, program) {
             if Instant::now() >= deadline {
                 return Err(fail("the daemon still answers after quit".into()));
             }
@@ -178,28 +189,50 @@ impl Mps {
         Ok(())
     }
 
-    fn claim(&self, index: u32) -> Result<Claim<'_>, MpsError> {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if !busy.insert(index) {
-            return Err(MpsError::Busy { index });
-        }
-        Ok(Claim { mps: self, index })
+    fn lock(&self, index: u32) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(index).or_default().clone()
     }
 }
 
-struct Claim<'a> {
-    mps: &'a Mps,
-    index: u32,
+/// The file in the pipe directory where the daemon writes its pid (driver 580).
+const PID_FILE: &str = "nvidia-cuda-mps-control.pid";
+
+/// Whether the pipe directory's daemon runs: the pid in [`PID_FILE`] is a
+/// live process whose name (`/proc/PID/comm`, at most 15 bytes) is the
+/// control program's, so a reused pid does not count. Without a pid file,
+/// whether its control socket accepts a connection.
+fn daemon_alive(pipe: &Path, program: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(pipe.join(PID_FILE)) else {
+        return control_socket_answers(pipe);
+    };
+    let Ok(pid) = text.trim().parse::<u32>() else { return false };
+    let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else { return false };
+    let name = program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    comm.trim_end_matches('\n') == comm_of(&name)
 }
 
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        self.mps.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.index);
+/// What the kernel keeps of a program name as a process's `comm`.
+fn comm_of(name: &str) -> &str {
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
     }
+    &name[..end]
 }
 
+/// Whether a daemon accepts connections on the pipe directory's `control`
+/// socket. The real daemon's is a `SOCK_SEQPACKET` socket (seen on driver
+/// 580: a stream connect fails with EPROTOTYPE), and it leaves the socket
+/// file behind when it quits, so only a connect tells. A stream socket is
+/// accepted too, for other control programs.
 fn control_socket_answers(pipe: &Path) -> bool {
-    std::os::unix::net::UnixStream::connect(pipe.join("control")).is_ok()
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let Ok(addr) = UnixAddr::new(&pipe.join("control")) else { return false };
+    [SockType::SeqPacket, SockType::Stream].into_iter().any(|kind| {
+        socket(AddressFamily::Unix, kind, SockFlag::SOCK_CLOEXEC, None)
+            .is_ok_and(|fd| connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).is_ok())
+    })
 }
 
 #[cfg(test)]
@@ -225,5 +258,12 @@ mod tests {
         mps.stop(1).await.unwrap();
         assert_eq!(gpus.sample().unwrap()[1].mps_clients, None);
         assert_eq!(mps.pipe_dir(3), PathBuf::from("/nonexistent/mps/3/pipe"));
+    }
+
+    #[test]
+    fn the_kernel_keeps_15_bytes_of_a_program_name() {
+        assert_eq!(comm_of("nvidia-cuda-mps-control"), "nvidia-cuda-mps");
+        assert_eq!(comm_of("mps"), "mps");
+        assert_eq!(comm_of("ééééééééé"), "ééééééé");
     }
 }
