@@ -43,6 +43,8 @@ use crate::runtime::Handle;
 /// A run at least this long counts as stable: the next failure starts the
 /// backoff from `backoff_ms` again.
 pub const STABLE_RUN_MS: u64 = 10_000;
+/// Prefix of a running allocation's message that tells why it last ended.
+pub const RESTARTED_AFTER: &str = "restarted after: ";
 
 /// What the agent holds of one allocation (kept in the state file).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +244,10 @@ impl AllocRecord {
         check: Option<&HealthCheck>,
     ) {
         self.phase = Phase::Running { since_ms: now_ms };
+        // What ended the previous run stays visible, marked as the past.
+        if !self.message.is_empty() && !self.message.starts_with(RESTARTED_AFTER) {
+            self.message = format!("{RESTARTED_AFTER}{}", self.message);
+        }
         self.handle = Some(handle);
         self.devices = devices;
         self.health = HealthState::Unknown;
@@ -492,6 +498,26 @@ mod tests {
         assert_eq!(r.restarts, 2);
         let rep = report("a", Some(&r), Some(DesiredState::Run));
         assert_eq!((rep.actual, rep.restarts, rep.message.as_str()), (ActualState::Restarting, 2, "unknown"));
+    }
+
+    #[test]
+    fn a_running_replica_shows_why_it_last_ended_as_the_past() {
+        let d = run("a");
+        let mut r = AllocRecord::new(&d, BTreeMap::new());
+        r.begin_start();
+        r.start_failed(10, "GPU 0: the MPS control daemon did not start".into());
+        r.begin_start();
+        r.started(20, Handle::Process { pid: 1, start_ticks: 1 }, Vec::new(), None);
+        assert_eq!(r.restarts, 1);
+        assert_eq!(r.message, "restarted after: GPU 0: the MPS control daemon did not start");
+        r.exited(30, Some(false), "exit code 2".into());
+        assert_eq!(r.message, "exit code 2");
+        r.begin_start();
+        r.started(40, Handle::Process { pid: 2, start_ticks: 2 }, Vec::new(), None);
+        assert_eq!(r.message, "restarted after: exit code 2");
+        let mut fresh = AllocRecord::new(&d, BTreeMap::new());
+        fresh.started(0, Handle::Process { pid: 3, start_ticks: 3 }, Vec::new(), None);
+        assert_eq!(fresh.message, "");
     }
 
     #[test]
