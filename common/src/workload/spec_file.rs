@@ -40,7 +40,7 @@
 //! path = "/health"
 //! port = "http"
 //! interval_s = 2
-//! timeout_s = 1
+//! timeout_s = 1                     # default: 1, or interval_s if shorter
 //! initial_delay_s = 0
 //! failures = 3
 //!
@@ -204,7 +204,12 @@ fn translate(f: File) -> Result<WorkloadSpec, SpecError> {
             path: h.path,
             port: h.port,
             interval_ms: millis("health.interval_s", h.interval_s.unwrap_or(2.0))?,
-            timeout_ms: millis("health.timeout_s", h.timeout_s.unwrap_or(1.0))?,
+            // A probe may not outlast its interval, so a short interval
+            // shortens the default timeout with it.
+            timeout_ms: millis(
+                "health.timeout_s",
+                h.timeout_s.unwrap_or(h.interval_s.unwrap_or(2.0).min(1.0)),
+            )?,
             initial_delay_ms: millis("health.initial_delay_s", h.initial_delay_s.unwrap_or(0.0))?,
             failure_threshold: h.failures.unwrap_or(3),
         }),
@@ -371,6 +376,20 @@ max_backoff_s = 30
         assert_eq!(s.gpu, GpuRequest::None);
         assert_eq!(s.restart, RestartPolicy::default());
         assert_eq!(s.stop_grace_ms, 10_000);
+    }
+
+    #[test]
+    fn a_short_health_interval_shortens_the_default_timeout() {
+        let health = |extra: &str| {
+            let text = format!(
+                "name = \"p\"\ncommand = \"/bin/true\"\n[[ports]]\nname = \"http\"\nport = 8080\n[health]\npath = \"/\"\nport = \"http\"\n{extra}"
+            );
+            parse_workload_toml(&text).map(|s| s.health.map(|h| (h.interval_ms, h.timeout_ms)))
+        };
+        assert_eq!(health("").unwrap(), Some((2_000, 1_000)));
+        assert_eq!(health("interval_s = 0.5\n").unwrap(), Some((500, 500)));
+        assert_eq!(health("interval_s = 0.5\ntimeout_s = 0.2\n").unwrap(), Some((500, 200)));
+        assert_eq!(health("interval_s = 0.5\ntimeout_s = 1\n").unwrap_err().field, "health.timeout_s");
     }
 
     fn field_of(text: &str) -> String {
