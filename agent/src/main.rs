@@ -91,7 +91,19 @@ const DEFAULT_CONFIG: &str = "/etc/gantry/agent.toml";
 /// Settings a SIGHUP applies without a restart.
 const RELOADABLE: &[&str] = &["log_level", "telemetry_interval_ms"];
 
-fn main() -> anyhow::Result<()> {
+/// Errors end as one `error: ...` line with its causes (journald shows it
+/// whole) rather than `Debug` output with a backtrace.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(kind) = cli.generate {
         return cli_docs::print(kind, Cli::command(), "8").context("writing to stdout");
