@@ -16,8 +16,9 @@ const PORTS_PER_AGENT: u32 = 200;
 /// The settings of one dev agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentSetup {
-    /// `--sim-gpus` spec, e.g. `4xH100-80GB`.
-    pub gpus: String,
+    /// `--sim-gpus` spec, e.g. `4xH100-80GB`; `None`: the host's own GPUs
+    /// through NVML.
+    pub gpus: Option<String>,
     /// `0=mig,1=mps`, or `None` for all exclusive.
     pub sharing: Option<String>,
     /// Host ports for workloads, inclusive.
@@ -31,7 +32,7 @@ pub fn demo_setups() -> Vec<AgentSetup> {
         .iter()
         .enumerate()
         .map(|(i, gpus)| AgentSetup {
-            gpus: gpus.to_string(),
+            gpus: Some(gpus.to_string()),
             sharing: Some("0=mig,1=mps".into()),
             ports: port_range(i as u32 + 1),
         })
@@ -66,9 +67,35 @@ pub fn setups(
         let gpus = agent_gpus.get(i).map(String::as_str).unwrap_or(gpus).to_string();
         let sharing = sharing_for(i)?;
         check(&gpus, sharing.as_deref()).with_context(|| format!("agent node-{}", i + 1))?;
-        out.push(AgentSetup { gpus, sharing, ports: port_range(i as u32 + 1) })
+        out.push(AgentSetup { gpus: Some(gpus), sharing, ports: port_range(i as u32 + 1) })
     }
     Ok(out)
+}
+
+/// The one agent of `--gpu-backend nvml`: it reports and uses this host's
+/// GPUs, so a second agent would hand the same GPUs out twice, and simulated
+/// GPU specs do not apply. The sharing spec is checked for its form here and
+/// against the real GPUs by the agent when it starts.
+pub fn host_setup(
+    agents: u32,
+    gpus_given: bool,
+    agent_gpus: &[String],
+    gpu_sharing: &[String],
+) -> anyhow::Result<AgentSetup> {
+    if agents != 1 {
+        bail!("--agents {agents}: with --gpu-backend nvml the host's GPUs back exactly one agent; use --agents 1");
+    }
+    if gpus_given || !agent_gpus.is_empty() {
+        bail!("--gpus/--agent-gpus describe simulated GPUs; with --gpu-backend nvml the agent uses the host's own");
+    }
+    if gpu_sharing.len() > 1 {
+        bail!("--gpu-sharing given {} times for 1 agent", gpu_sharing.len());
+    }
+    let sharing = gpu_sharing.first().cloned();
+    if let Some(spec) = &sharing {
+        parse_sharing(spec)?;
+    }
+    Ok(AgentSetup { gpus: None, sharing, ports: port_range(1) })
 }
 
 /// Checks a GPU spec and a sharing spec (`IDX=MODE,...`) against it.
@@ -79,7 +106,20 @@ pub fn check(gpus: &str, sharing: Option<&str>) -> anyhow::Result<()> {
         .flat_map(|g| std::iter::repeat_n((g.model.name.as_str(), g.model.mig_capable), g.count as usize))
         .collect();
     let Some(sharing) = sharing else { return Ok(()) };
-    let mut seen = Vec::new();
+    for (part, index, mode) in parse_sharing(sharing)? {
+        let Some(&(model, mig_capable)) = models.get(index) else {
+            bail!("--gpu-sharing: {part:?}: there is no GPU {index} in {gpus} ({} GPUs)", models.len());
+        };
+        if mode == GpuSharing::Mig && !mig_capable {
+            bail!("--gpu-sharing: {part:?}: {model} does not support MIG");
+        }
+    }
+    Ok(())
+}
+
+/// `0=mig,1-3=mps` as (the part it came from, GPU index, mode), each GPU once.
+fn parse_sharing(sharing: &str) -> anyhow::Result<Vec<(&str, usize, GpuSharing)>> {
+    let mut out: Vec<(&str, usize, GpuSharing)> = Vec::new();
     for part in sharing.split(',').map(str::trim) {
         let (index, mode) = part
             .split_once('=')
@@ -96,19 +136,13 @@ pub fn check(gpus: &str, sharing: Option<&str>) -> anyhow::Result<()> {
         let mode: GpuSharing =
             mode.trim().parse().map_err(|e| anyhow::anyhow!("--gpu-sharing: {part:?}: {e}"))?;
         for index in first..=last {
-            let Some(&(model, mig_capable)) = models.get(index) else {
-                bail!("--gpu-sharing: {part:?}: there is no GPU {index} in {gpus} ({} GPUs)", models.len());
-            };
-            if mode == GpuSharing::Mig && !mig_capable {
-                bail!("--gpu-sharing: {part:?}: {model} does not support MIG");
-            }
-            if seen.contains(&index) {
+            if out.iter().any(|(_, seen, _)| *seen == index) {
                 bail!("--gpu-sharing: GPU {index} is given twice");
             }
-            seen.push(index);
+            out.push((part, index, mode));
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Host ports of agent `n` (1-based).
@@ -139,9 +173,13 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert_eq!(
             s[0],
-            AgentSetup { gpus: "4xH100-80GB".into(), sharing: Some("0=mps".into()), ports: (20000, 20199) }
+            AgentSetup {
+                gpus: Some("4xH100-80GB".into()),
+                sharing: Some("0=mps".into()),
+                ports: (20000, 20199)
+            }
         );
-        assert_eq!(s[1].gpus, "2xL4-24GB");
+        assert_eq!(s[1].gpus.as_deref(), Some("2xL4-24GB"));
         assert_eq!(s[2].sharing.as_deref(), Some("0=mps"));
         assert_eq!(s[2].ports, (20400, 20599));
         let per_agent = setups(2, "4xH100-80GB", &[], &["0=mig".into(), "1=mps".into()]).unwrap();
@@ -178,8 +216,20 @@ mod tests {
     #[test]
     fn demo_agents_are_valid() {
         for s in demo_setups() {
-            check(&s.gpus, s.sharing.as_deref()).unwrap();
+            check(s.gpus.as_deref().unwrap(), s.sharing.as_deref()).unwrap();
         }
+    }
+
+    #[test]
+    fn the_host_backs_one_agent_with_its_own_gpus() {
+        let e = |r: anyhow::Result<AgentSetup>| format!("{:#}", r.unwrap_err());
+        let s = host_setup(1, false, &[], &["0=mps".into()]).unwrap();
+        assert_eq!(s, AgentSetup { gpus: None, sharing: Some("0=mps".into()), ports: (20000, 20199) });
+        assert!(e(host_setup(2, false, &[], &[])).contains("exactly one agent"));
+        assert!(e(host_setup(1, true, &[], &[])).contains("the host's own"));
+        assert!(e(host_setup(1, false, &["1xL4-24GB".into()], &[])).contains("the host's own"));
+        assert!(e(host_setup(1, false, &[], &["0=mps,0=mig".into()])).contains("GPU 0 is given twice"));
+        assert!(e(host_setup(1, false, &[], &["0=fast".into()])).contains("not one of exclusive, mig"));
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub fn prepare(
             coordinators: members.values().cloned().collect(),
             data_dir: home.join("data"),
             telemetry_interval_ms: 1000,
-            gpu_backend: "sim",
+            gpu_backend: if setup.gpus.is_some() { "sim" } else { "nvml" },
             sim_gpus: setup.gpus.clone(),
             metrics_listen: metrics.to_string(),
             labels: BTreeMap::from([("dev".to_string(), "true".to_string())]),
@@ -127,7 +127,8 @@ struct AgentFile {
     data_dir: PathBuf,
     telemetry_interval_ms: u64,
     gpu_backend: &'static str,
-    sim_gpus: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sim_gpus: Option<String>,
     metrics_listen: String,
     labels: BTreeMap<String, String>,
     gpu_sharing: BTreeMap<String, String>,

@@ -36,6 +36,9 @@ use agents::AgentSetup;
 use processes::Running;
 use runtime::RuntimeChoice;
 
+/// Each simulated agent's GPUs unless --gpus says otherwise.
+const DEFAULT_SIM_GPUS: &str = "8xH100-80GB";
+
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
     /// Directory for all state (certificates, configs, data, logs). Default: a
@@ -45,12 +48,19 @@ pub struct DevArgs {
     /// Number of coordinators: 1, 3 or 5.
     #[arg(long, default_value_t = 3, value_parser = parse_coordinators)]
     pub coordinators: u32,
-    /// Number of agents (each a node with simulated GPUs).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
-    pub agents: u32,
-    /// GPUs of each agent, e.g. 8xH100-80GB or 4xA100-40GB,2xL4-24GB.
-    #[arg(long, default_value = "8xH100-80GB")]
-    pub gpus: String,
+    /// Number of agents, each a node with simulated GPUs. Default: 2 (with
+    /// --gpu-backend nvml: 1, the node of this host's GPUs).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub agents: Option<u32>,
+    /// Where the agents' GPUs come from. sim: simulated GPUs (--gpus);
+    /// nvml: this host's NVIDIA GPUs through the driver, for one agent (try
+    /// Gantry on a GPU server: --coordinators 1 --agents 1 --gpu-backend nvml).
+    #[arg(long, value_enum, default_value_t = GpuBackendChoice::Sim)]
+    pub gpu_backend: GpuBackendChoice,
+    /// Simulated GPUs of each agent, e.g. 8xH100-80GB or
+    /// 4xA100-40GB,2xL4-24GB. Default: 8xH100-80GB.
+    #[arg(long)]
+    pub gpus: Option<String>,
     /// GPUs of one agent, overriding --gpus: the first use is agent 1's
     /// (node-1), the second agent 2's, and so on.
     #[arg(long, value_name = "SPEC")]
@@ -70,7 +80,7 @@ pub struct DevArgs {
     /// (exclusive, MPS, MIG) followed until healthy. Runs the gantry-infer:dev
     /// image when Docker has it, else the gantry-infer binary (next to
     /// gantryctl or on PATH).
-    #[arg(long, conflicts_with_all = ["agents", "gpus", "agent_gpus", "gpu_sharing"])]
+    #[arg(long, conflicts_with_all = ["agents", "gpus", "agent_gpus", "gpu_sharing", "gpu_backend"])]
     pub demo: bool,
     /// With --demo: give up if the workloads are not healthy within this many seconds.
     #[arg(long, default_value_t = 180, value_name = "SECS")]
@@ -81,6 +91,15 @@ pub struct DevArgs {
     /// Give up if the cluster is not ready within this many seconds.
     #[arg(long, default_value_t = 60)]
     pub ready_timeout_secs: u64,
+}
+
+/// Where the dev agents' GPUs come from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuBackendChoice {
+    /// Simulated GPUs, as many agents as asked.
+    Sim,
+    /// This host's NVIDIA GPUs (libnvidia-ml), one agent.
+    Nvml,
 }
 
 fn parse_coordinators(s: &str) -> Result<u32, String> {
@@ -111,8 +130,12 @@ struct ClusterFile {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let setups = if args.demo {
         agents::demo_setups()
+    } else if args.gpu_backend == GpuBackendChoice::Nvml {
+        let agents = args.agents.unwrap_or(1);
+        vec![agents::host_setup(agents, args.gpus.is_some(), &args.agent_gpus, &args.gpu_sharing)?]
     } else {
-        agents::setups(args.agents, &args.gpus, &args.agent_gpus, &args.gpu_sharing)?
+        let gpus = args.gpus.as_deref().unwrap_or(DEFAULT_SIM_GPUS);
+        agents::setups(args.agents.unwrap_or(2), gpus, &args.agent_gpus, &args.gpu_sharing)?
     };
     // Handlers first: a Ctrl-C during start-up must still stop the children,
     // which run in their own process groups and would otherwise be orphaned.
@@ -162,7 +185,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("cluster ready: {} coordinators, {} agents", args.coordinators, agents.len());
     for (i, setup) in (1..).zip(&agents) {
         let sharing = setup.sharing.as_deref().map(|s| format!(", sharing {s}")).unwrap_or_default();
-        println!("  node-{i}: {}{sharing}, workload ports {}-{}", setup.gpus, setup.ports.0, setup.ports.1);
+        let gpus = setup.gpus.as_deref().unwrap_or("this host's GPUs (nvml)");
+        println!("  node-{i}: {gpus}{sharing}, workload ports {}-{}", setup.ports.0, setup.ports.1);
     }
     println!("  runtime:        {} ({})", decision.runtime, decision.why);
     println!("  state and logs: {}", dir.display());
