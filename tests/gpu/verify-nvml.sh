@@ -16,7 +16,7 @@ OUT=${2:-${OUT:-/tmp/gantry-gpu-check}}; mkdir -p "$OUT"
 exec > >(tee "$OUT/log") 2>&1
 export PATH=$PATH:/usr/local/nvidia/bin:/usr/local/cuda/bin
 R=$(dirname "$(realpath "$0")"); PY=$(command -v python3)
-echo "== host"; nvidia-smi; uname -r; ldd --version | head -1
+echo "== host"; nvidia-smi; uname -r; ldd --version | head -1; docker version 2>&1 | head -2
 echo "python $PY; mps: $(command -v nvidia-cuda-mps-control || find / -name nvidia-cuda-mps-control -type f 2>/dev/null | head -1)"
 Q=index,uuid,name,memory.total,memory.used,utilization.gpu,temperature.gpu,power.draw,power.limit,pci.bus_id,mig.mode.current,compute_mode,ecc.mode.current
 rm -rf /tmp/g1 /tmp/g2 /tmp/g3
@@ -101,13 +101,25 @@ nvidia-smi
 ctl allocs
 echo "-- mps25 log"; ctl logs $(first mps25 id)
 echo "-- mps50 log"; ctl logs $(first mps50 id)
+echo "-- kill -9 the agent and start it again while the MPS replicas run"
+APID=$(python3 -c "import json; print([p['pid'] for p in json.load(open('/tmp/g2/cluster.json'))['processes'] if p['name'] == 'node-1'][0])")
+DPID=$(cat /tmp/g2/node-1/data/mps/0/pipe/nvidia-cuda-mps-control.pid)
+CLIENTS=$(ctl allocs --json | python3 -c "import json,sys; print(sorted((a['id'], a['restarts']) for a in json.load(sys.stdin)))")
+kill -9 $APID; sleep 1
+$B/gantry-agent --config /tmp/g2/node-1/agent.toml >> /tmp/g2/node-1/log 2>&1 &
+AGAIN=$!
+sleep 6
+echo "replicas before: $CLIENTS"
+echo "replicas after:  $(ctl allocs --json | python3 -c "import json,sys; print(sorted((a['id'], a['restarts']) for a in json.load(sys.stdin)))")"
+echo "MPS daemon pid before $DPID, after $(cat /tmp/g2/node-1/data/mps/0/pipe/nvidia-cuda-mps-control.pid)"
+pgrep -af "cuda_probe.py"
 ctl stop mps25 --wait; ctl stop mps50 --wait
 sleep 3
 pgrep -af "^nvidia-cuda-mps" || echo "no MPS daemon left"
 ctl gpus
 grep -i mps /tmp/g2/node-1/log | tail -8
 echo "control.log: $(wc -l < /tmp/g2/node-1/data/mps/0/log/control.log) lines, $(grep -c "Unable to accept" /tmp/g2/node-1/data/mps/0/log/control.log) of them connection checks"; tail -8 /tmp/g2/node-1/data/mps/0/log/control.log
-stopdev
+stopdev; kill $AGAIN 2>/dev/null; wait $AGAIN 2>/dev/null
 
 echo "== C: MIG asked of a GPU whose MIG mode is off"
 start 3 --gpu-sharing 0=mig
