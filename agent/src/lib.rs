@@ -19,6 +19,7 @@
 //! - [`metrics`]: the local `/metrics`, `/healthz` and allocation-log endpoint.
 
 pub mod config;
+pub mod coordinator_requests;
 pub mod gpu;
 pub mod host;
 pub mod metrics;

@@ -4,7 +4,9 @@
 //! - heartbeat every interval;
 //! - follow the node's desired allocations (a long poll with an index, so a
 //!   reconnect anywhere converges) and hand them to the workload manager;
-//! - send the manager's reports when they change.
+//! - send the manager's reports when they change;
+//! - answer the requests the coordinator sends down this connection
+//!   ([`crate::coordinator_requests`]: logs).
 //!
 //! When the leader dies or steps down, move to the one it names (or the next address).
 
@@ -23,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::sampler::{AgentStatus, Sampler};
 use crate::workloads::link::{DesiredSet, SessionSide};
+use crate::workloads::manager::Logs;
 
 const SOFTWARE: &str = concat!("gantry-agent ", env!("CARGO_PKG_VERSION"));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -54,6 +57,8 @@ pub struct Session {
     /// Where desired allocations go (shared with the watch task).
     desired: Arc<watch::Sender<Option<DesiredSet>>>,
     reports: watch::Receiver<BTreeMap<String, AllocReport>>,
+    /// Allocation output, for the coordinator's log requests.
+    logs: Logs,
 }
 
 /// Why a connection to a coordinator ended.
@@ -75,6 +80,7 @@ impl Session {
         interval: watch::Receiver<Duration>,
         status: AgentStatus,
         link: SessionSide,
+        logs: Logs,
     ) -> Result<Session, crate::start::StartError> {
         let endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
             .map_err(|e| crate::start::StartError::Endpoint(e.to_string()))?;
@@ -93,6 +99,7 @@ impl Session {
             last_failed: None,
             desired: Arc::new(link.desired),
             reports: link.reports,
+            logs,
         })
     }
 
@@ -201,10 +208,12 @@ impl Session {
         let desired = Arc::clone(&self.desired);
         let watching = watch_allocs(conn, addr, &node, &desired);
         let reporting = send_reports(conn, addr, &node, self.reports.clone());
+        let answering = crate::coordinator_requests::serve(conn.clone(), self.logs.clone());
         tokio::select! {
             end = self.heartbeats(conn, addr, sampler, shutdown) => end,
             end = watching => end,
             end = reporting => end,
+            why = answering => End::Failed(format!("connection closed: {why}")),
         }
     }
 

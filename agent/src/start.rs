@@ -153,7 +153,7 @@ pub async fn run(
         let listener = tokio::net::TcpListener::bind(&config.metrics_listen).await.map_err(|e| {
             StartError::Metrics { addr: config.metrics_listen.clone(), reason: e.to_string() }
         })?;
-        let (status, stop_rx) = (status.clone(), stop_rx.clone());
+        let (status, stop_rx, logs) = (status.clone(), stop_rx.clone(), logs.clone());
         Some(tokio::spawn(async move {
             if let Err(e) = crate::metrics::serve(listener, status, Some(logs), stop_rx).await {
                 warn!("metrics endpoint stopped: {e}");
@@ -167,6 +167,7 @@ pub async fn run(
         telemetry_interval,
         status,
         session_side,
+        logs,
     )?;
     // The agent has no inner state that can fail on its own: a responsive runtime is healthy.
     let mut watchdog_stop = stop_rx.clone();

@@ -81,14 +81,31 @@ where
     Req: Serialize,
     Resp: DeserializeOwned,
 {
+    open_stream(conn, addr, req, max_frame, timeout).await.map(|(resp, _)| resp)
+}
+
+/// Like [`call`], and hands back the stream after the response frame, for
+/// answers that go on as raw bytes (logs). `timeout` covers the response
+/// frame only.
+pub async fn open_stream<Req, Head>(
+    conn: &quinn::Connection,
+    addr: &str,
+    req: &Req,
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<(Head, quinn::RecvStream), RpcError>
+where
+    Req: Serialize,
+    Head: DeserializeOwned,
+{
     let work = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify_connection_error(addr, e))?;
         write_frame(&mut send, req, max_frame)
             .await
             .map_err(|source| RpcError::Frame { addr: addr.to_string(), source })?;
         send.finish().map_err(|e| RpcError::Stream { addr: addr.to_string(), reason: e.to_string() })?;
-        match read_frame::<Resp, _>(&mut recv, max_frame).await {
-            Ok(Some(resp)) => Ok(resp),
+        match read_frame::<Head, _>(&mut recv, max_frame).await {
+            Ok(Some(head)) => Ok((head, recv)),
             Ok(None) => Err(RpcError::Stream {
                 addr: addr.to_string(),
                 reason: refusal_reason(conn)

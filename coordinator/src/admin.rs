@@ -1,7 +1,8 @@
 //! The admin socket: HTTP/1.1 + JSON on a local Unix socket, like Docker's.
 //!
 //! Handlers only parse HTTP into an [`ApiRequest`] and hand it to
-//! [`Service::handle_api`]; they never touch Raft or state themselves.
+//! [`Service::handle_api`]; they never touch Raft or state themselves. The
+//! logs route streams instead, through [`Service::open_logs`].
 //!
 //! | method | path                          | request                              |
 //! |--------|-------------------------------|--------------------------------------|
@@ -16,6 +17,7 @@
 //! | GET    | `/v1/workloads/{name}`        | `Workload`                           |
 //! | DELETE | `/v1/workloads/{name}`        | `StopWorkload`                       |
 //! | GET    | `/v1/allocs[?workload=NAME]`  | `Allocs`                             |
+//! | GET    | `/v1/allocs/{id}/logs[?follow=true&tail=BYTES]` | the output as text, streamed ([`crate::alloc_logs`]) |
 //! | PUT    | `/v1/nodes/{name}/drain`      | `DrainNode` (`{"drain":true}`)       |
 //! | GET    | `/metrics`                    | Prometheus text                      |
 //! | GET    | `/healthz`                    | `ok` while the process serves        |
@@ -31,6 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use gantry_common::api::{ApiError, ApiRequest, ApiResponse};
+use gantry_common::wire::{LogsError, LogsRequest};
 use serde::Deserialize;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -100,6 +103,7 @@ fn router(state: AdminState) -> Router {
         .route("/v1/workloads", post(submit_workload).get(workloads))
         .route("/v1/workloads/{name}", get(workload).delete(stop_workload))
         .route("/v1/allocs", get(allocs))
+        .route("/v1/allocs/{id}/logs", get(alloc_logs))
         .route("/v1/nodes/{name}/drain", put(drain_node))
         .with_state(state)
 }
@@ -156,6 +160,32 @@ async fn stop_workload(AxState(s): AxState<AdminState>, UrlPath(name): UrlPath<S
 
 async fn allocs(AxState(s): AxState<AdminState>, Query(q): Query<AllocsQuery>) -> Response {
     run(&s, ApiRequest::Allocs { workload: q.workload }).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<u64>,
+}
+
+async fn alloc_logs(
+    AxState(s): AxState<AdminState>,
+    UrlPath(alloc): UrlPath<String>,
+    Query(q): Query<LogsQuery>,
+) -> Response {
+    let req = LogsRequest { alloc, follow: q.follow, tail: q.tail };
+    match s.service.open_logs(req, true).await {
+        Ok(output) => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            axum::body::Body::from_stream(crate::alloc_logs::body_stream(output)),
+        )
+            .into_response(),
+        Err(e @ LogsError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ LogsError::Unavailable(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e @ LogsError::Failed(_)) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
 }
 
 async fn drain_node(

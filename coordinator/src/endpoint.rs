@@ -83,6 +83,9 @@ async fn serve_connection(incoming: quinn::Incoming, service: Service) -> Result
         Err(e) => return Err(format!("hello failed: {e}")),
     }
     debug!(peer = %who, remote = %conn.remote_address(), "connection accepted");
+    // Held while the connection lives: requests to this agent go down it.
+    let _link =
+        (alpn.as_slice() == ALPN_AGENT).then(|| service.agent_links.register(&who.name, conn.clone()));
     let who = Arc::new(who);
     loop {
         let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
@@ -118,6 +121,17 @@ async fn serve_peer_stream(
     let Some(req) = read_request::<PeerRequest>(&mut send, &mut recv, PEER_MAX_FRAME).await? else {
         return Ok(());
     };
+    if let PeerRequest::Logs(req) = req {
+        return match service.open_logs(req, false).await {
+            Ok(output) => {
+                write_frame(&mut send, &PeerResponse::Logs(Ok(())), PEER_MAX_FRAME)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                crate::alloc_logs::pipe(output, send).await
+            }
+            Err(e) => respond(&mut send, &PeerResponse::Logs(Err(e)), PEER_MAX_FRAME).await,
+        };
+    }
     let resp: PeerResponse = service.handle_peer(req).await;
     respond(&mut send, &resp, PEER_MAX_FRAME).await
 }

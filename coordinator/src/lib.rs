@@ -19,6 +19,8 @@
 //! - [`leader_loop`]: leader-only periodic work (marking nodes down/ready).
 //! - [`scheduler`]: the pure planner and the leader's single plan applier.
 //! - [`views`]: workload and allocation views for operators.
+//! - [`agent_links`]: the agents' connections by node; [`alloc_logs`]:
+//!   allocation output fetched down them (or through the leader).
 //! - [`admin`]: HTTP+JSON admin socket; [`metrics`]: its `/metrics`.
 //! - [`systemd`]: STATUS= lines that follow Raft, and the watchdog ping.
 //!
@@ -31,6 +33,8 @@
 //! ```
 
 pub mod admin;
+pub mod agent_links;
+pub mod alloc_logs;
 pub mod config;
 pub mod endpoint;
 pub mod leader_loop;

@@ -86,6 +86,8 @@ pub struct Service {
     pub telemetry: TelemetryStore,
     pub peers: PeerClient,
     pub scheduler_stats: SchedulerStats,
+    /// Connections agents made to this coordinator, for requests to them.
+    pub agent_links: crate::agent_links::AgentLinks,
 }
 
 impl Service {
@@ -147,6 +149,8 @@ impl Service {
             },
             // The forwarding coordinator retries on whichever coordinator leads next.
             PeerRequest::Api(_) => PeerResponse::NotLeader,
+            // Streamed by the endpoint (`serve_peer_stream`), never answered here.
+            PeerRequest::Logs(_) => PeerResponse::Refused("logs are streamed, not answered".into()),
         }
     }
 

@@ -90,6 +90,7 @@ pub async fn run(
         telemetry: TelemetryStore::new(Duration::from_secs(config.node_down_after_secs)),
         peers,
         scheduler_stats: Default::default(),
+        agent_links: Default::default(),
     };
     let admin_listener = admin::bind(&config.admin_socket)?;
     let (stop_tx, stop_rx) = watch::channel(false);

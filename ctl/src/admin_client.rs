@@ -45,6 +45,26 @@ impl AdminClient {
         self.exchange(Method::GET, path, None).await
     }
 
+    /// A GET whose answer streams (an allocation's logs): its body once the
+    /// status is a success, else the coordinator's error message. Only the
+    /// wait for the status line is bounded; the body may go on for ever.
+    pub async fn get_stream(&self, path: &str) -> anyhow::Result<hyper::body::Incoming> {
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send_request(Method::GET, path, None))
+            .await
+            .map_err(|_| anyhow!("the coordinator did not answer within {REQUEST_TIMEOUT:?}"))??;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp.into_body());
+        }
+        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, resp.into_body().collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Err(anyhow!("{}", error_message(status, &bytes)))
+    }
+
     async fn request<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -54,10 +74,7 @@ impl AdminClient {
         let body = body.map(serde_json::to_vec).transpose().context("encoding the request")?;
         let (status, bytes) = self.exchange(method, path, body).await?;
         if !status.is_success() {
-            let message = serde_json::from_slice::<ApiError>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(anyhow!("{message}"));
+            return Err(anyhow!("{}", error_message(status, &bytes)));
         }
         serde_json::from_slice(&bytes).with_context(|| format!("decoding the answer to {path}"))
     }
@@ -69,23 +86,7 @@ impl AdminClient {
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
         let work = async {
-            let stream = UnixStream::connect(&self.socket).await.with_context(|| {
-                format!(
-                    "cannot connect to the admin socket {} (is a coordinator running there? set --socket or GANTRY_SOCKET)",
-                    self.socket.display()
-                )
-            })?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .context("HTTP handshake")?;
-            tokio::spawn(conn);
-            let mut req = Request::builder().method(method).uri(path).header("host", "gantry");
-            if body.is_some() {
-                req = req.header("content-type", "application/json");
-            }
-            let req =
-                req.body(Full::new(Bytes::from(body.unwrap_or_default()))).context("building the request")?;
-            let resp = sender.send_request(req).await.context("sending the request")?;
+            let resp = self.send_request(method, path, body).await?;
             let status = resp.status();
             let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
             Ok::<_, anyhow::Error>((status, bytes))
@@ -93,6 +94,40 @@ impl AdminClient {
         tokio::time::timeout(REQUEST_TIMEOUT, work)
             .await
             .map_err(|_| anyhow!("the coordinator did not answer within {REQUEST_TIMEOUT:?}"))?
+    }
+
+    /// Connects, sends one request and returns the response once its head arrived.
+    async fn send_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let stream = UnixStream::connect(&self.socket).await.with_context(|| {
+            format!(
+                "cannot connect to the admin socket {} (is a coordinator running there? set --socket or GANTRY_SOCKET)",
+                self.socket.display()
+            )
+        })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("HTTP handshake")?;
+        tokio::spawn(conn);
+        let mut req = Request::builder().method(method).uri(path).header("host", "gantry");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req =
+            req.body(Full::new(Bytes::from(body.unwrap_or_default()))).context("building the request")?;
+        sender.send_request(req).await.context("sending the request")
+    }
+}
+
+/// The message of an error answer: the JSON `error`, else the body as text.
+fn error_message(status: StatusCode, bytes: &[u8]) -> String {
+    match serde_json::from_slice::<ApiError>(bytes) {
+        Ok(e) => e.error,
+        Err(_) if bytes.is_empty() => format!("the coordinator answered {status}"),
+        Err(_) => String::from_utf8_lossy(bytes).trim().to_string(),
     }
 }
 
@@ -111,8 +146,34 @@ pub fn encode(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_stream_is_handed_over_and_an_error_answer_becomes_its_message() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("admin.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        tokio::spawn(async move {
+            for answer in [
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n6\r\nworld\n\r\n0\r\n\r\n",
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 43\r\n\r\n{\"error\":\"node-2's agent is not connected\"}",
+            ] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await.unwrap();
+                s.write_all(answer.as_bytes()).await.unwrap();
+                s.shutdown().await.unwrap();
+            }
+        });
+        let client = AdminClient::new(&socket);
+        let body = client.get_stream("/v1/allocs/llm.0.4/logs").await.unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello world\n");
+        let e = client.get_stream("/v1/allocs/x.0.1/logs").await.unwrap_err().to_string();
+        assert_eq!(e, "node-2's agent is not connected");
+    }
 
     #[test]
     fn encoding_keeps_names_and_escapes_the_rest() {

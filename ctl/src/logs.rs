@@ -1,23 +1,19 @@
-//! `gantryctl logs ALLOC [--follow] [--tail BYTES]`: the coordinator says
-//! where the allocation runs; its agent serves the output over HTTP.
+//! `gantryctl logs ALLOC [--follow] [--tail BYTES]`: the coordinator asks
+//! the allocation's agent down the agent's own connection (through the
+//! leader when asked on a follower) and streams the output back, so this
+//! works from any coordinator host whatever the agents' HTTP settings.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use gantry_common::api::AllocView;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use std::io::Write as _;
-use tokio::net::TcpStream;
+use http_body_util::BodyExt;
 
 use crate::admin_client::{encode, AdminClient};
 use crate::cluster_cmds::print_json;
 use crate::wait;
 
-/// How long connecting to an agent may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a whole answer may take when not following.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -34,13 +30,11 @@ pub async fn logs(
     let allocs: Vec<AllocView> = client.get("/v1/allocs").await?;
     let alloc = find_alloc(&allocs, query).map_err(|e| anyhow!(e))?;
     let path = logs_path(&alloc.id, follow, tail);
-    let mut body = open(alloc, &path).await?;
+    let mut body = client.get_stream(&path).await.with_context(|| format!("logs of {}", alloc.id))?;
     if json {
         let text = tokio::time::timeout(READ_TIMEOUT, body.collect())
             .await
-            .map_err(|_| {
-                anyhow!("the agent at {} sent no complete answer within {READ_TIMEOUT:?}", alloc.agent_http)
-            })?
+            .map_err(|_| anyhow!("node {} sent no complete answer within {READ_TIMEOUT:?}", alloc.node))?
             .context("reading the logs")?
             .to_bytes();
         return print_json(&serde_json::json!({
@@ -53,7 +47,7 @@ pub async fn logs(
     let mut out = std::io::stdout();
     let copy = async {
         while let Some(frame) = body.frame().await {
-            let frame = frame.context("reading the logs from the agent")?;
+            let frame = frame.context("reading the logs")?;
             if let Some(data) = frame.data_ref() {
                 match out.write_all(data).and_then(|()| out.flush()) {
                     Ok(()) => {}
@@ -68,13 +62,13 @@ pub async fn logs(
     if follow {
         copy.await
     } else {
-        tokio::time::timeout(READ_TIMEOUT, copy).await.map_err(|_| {
-            anyhow!("the agent at {} sent no complete answer within {READ_TIMEOUT:?}", alloc.agent_http)
-        })?
+        tokio::time::timeout(READ_TIMEOUT, copy)
+            .await
+            .map_err(|_| anyhow!("node {} sent no complete answer within {READ_TIMEOUT:?}", alloc.node))?
     }
 }
 
-/// The agent's route for one allocation's output.
+/// The coordinator's (and the agent's) route for one allocation's output.
 pub fn logs_path(id: &str, follow: bool, tail: Option<u64>) -> String {
     let mut path = format!("/v1/allocs/{}/logs?follow={follow}", encode(id));
     if let Some(t) = tail {
@@ -115,56 +109,6 @@ pub fn find_alloc<'a>(allocs: &'a [AllocView], query: &str) -> Result<&'a AllocV
     }
 }
 
-/// Connects to the allocation's agent and asks for `path`; the body streams.
-async fn open(alloc: &AllocView, path: &str) -> anyhow::Result<hyper::body::Incoming> {
-    let addr = alloc.agent_http.as_str();
-    if addr.is_empty() {
-        bail!(
-            "the agent of node {} serves no HTTP (its `metrics_listen` is empty); set metrics_listen in its \
-             agent.toml to read logs",
-            alloc.node
-        );
-    }
-    let unreachable = |e: String| {
-        anyhow!(
-            "cannot reach the agent of node {} at {addr}: {e}. Logs are served by the agent's HTTP listener \
-             (`metrics_listen` in its agent.toml): is the agent running, and is that address reachable from here?",
-            alloc.node
-        )
-    };
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP handshake with the agent")?;
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .uri(path)
-        .header("host", addr)
-        .body(Empty::<Bytes>::new())
-        .context("building the request")?;
-    let resp = tokio::time::timeout(READ_TIMEOUT, sender.send_request(req))
-        .await
-        .map_err(|_| anyhow!("the agent at {addr} did not answer within {READ_TIMEOUT:?}"))?
-        .context("asking the agent for logs")?;
-    let status = resp.status();
-    if !status.is_success() {
-        let bytes = tokio::time::timeout(READ_TIMEOUT, resp.into_body().collect())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let text = serde_json::from_slice::<gantry_common::api::ApiError>(&bytes)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
-        bail!("the agent of node {} answered {status}: {text}", alloc.node);
-    }
-    Ok(resp.into_body())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -199,41 +143,5 @@ mod tests {
     fn logs_path_encodes_the_id_and_passes_tail_only_when_given() {
         assert_eq!(logs_path("llm.0.4", true, None), "/v1/allocs/llm.0.4/logs?follow=true");
         assert_eq!(logs_path("a b", false, Some(4096)), "/v1/allocs/a%20b/logs?follow=false&tail=4096");
-    }
-
-    #[tokio::test]
-    async fn an_unreachable_agent_names_metrics_listen() {
-        // A port that was free a moment ago: nothing listens there.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut a = alloc("llm.0.4", 1, "run", "running", "healthy");
-        a.agent_http = format!("127.0.0.1:{port}");
-        let e = open(&a, "/v1/allocs/llm.0.4/logs").await.unwrap_err().to_string();
-        assert!(e.contains("cannot reach the agent of node node-1"), "{e}");
-        assert!(e.contains("metrics_listen"), "{e}");
-    }
-
-    #[tokio::test]
-    async fn streams_the_body_and_reports_agent_errors() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            for answer in [
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n6\r\nworld\n\r\n0\r\n\r\n",
-                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 31\r\n\r\n{\"error\":\"no allocation x.0.1\"}",
-            ] {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf).await.unwrap();
-                s.write_all(answer.as_bytes()).await.unwrap();
-                s.shutdown().await.unwrap();
-            }
-        });
-        let mut a = alloc("llm.0.4", 1, "run", "running", "healthy");
-        a.agent_http = addr.to_string();
-        let body = open(&a, "/v1/allocs/llm.0.4/logs?follow=false").await.unwrap();
-        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello world\n");
-        let e = open(&a, "/v1/allocs/x.0.1/logs").await.unwrap_err().to_string();
-        assert_eq!(e, "the agent of node node-1 answered 404 Not Found: no allocation x.0.1");
     }
 }

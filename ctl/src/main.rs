@@ -7,7 +7,7 @@
 //! - `workload_cmds`: `run`, `workloads`, `allocs`, `stop`.
 //! - `wait`: following a rollout or a stop (pure judges, polling loops).
 //! - `drain`: `drain`, `undrain`.
-//! - `logs`: an allocation's output, streamed from its agent.
+//! - `logs`: an allocation's output, streamed from its agent through the coordinator.
 //! - `certs`: the cluster CA and certificates.
 //! - `dev`: a local development cluster of real processes.
 //! - `sim`: trace replay of the placement engine.
@@ -115,8 +115,9 @@ enum Cmd {
     /// Print an allocation's output (stdout and stderr), read from its agent.
     ///
     /// ALLOC is an id from `gantryctl allocs`, or a prefix that names one.
-    /// The agent serves logs on its HTTP listener (`metrics_listen`), which
-    /// must be reachable from here.
+    /// The coordinator asks the agent down the connection the agent keeps to
+    /// the leader, so any coordinator's socket works and agents need no
+    /// reachable port.
     Logs {
         /// Allocation id (or an unambiguous prefix).
         alloc: String,

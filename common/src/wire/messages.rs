@@ -55,6 +55,43 @@ pub enum AgentRequest {
     ReportAllocs { node: String, reports: Vec<AllocReport> },
 }
 
+/// What a coordinator asks of an agent, on a stream it opens on the
+/// connection the agent made (agents accept no connections of their own).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorRequest {
+    /// An allocation's output. The answer is one [`LogsHeader`] frame and,
+    /// when it is `Ok`, the output as raw bytes until the stream ends (with
+    /// `follow`, until the reader stops it).
+    Logs(LogsRequest),
+}
+
+/// Which output of which allocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsRequest {
+    pub alloc: String,
+    /// Keep the stream open and send output as it is written.
+    pub follow: bool,
+    /// Only the last `tail` bytes of what is there now (per stream).
+    pub tail: Option<u64>,
+}
+
+/// First frame of a logs answer: `Ok` when output follows.
+pub type LogsHeader = Result<(), LogsError>;
+
+/// Why no output follows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum LogsError {
+    /// No such allocation (or nothing of it on its node).
+    #[error("{0}")]
+    NotFound(String),
+    /// The allocation's node cannot be reached now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The agent could not read the output.
+    #[error("{0}")]
+    Failed(String),
+}
+
 impl AgentRequest {
     /// The node the request speaks for (must match the certificate).
     pub fn node(&self) -> &str {

@@ -61,6 +61,18 @@ impl PeerClient {
         result
     }
 
+    /// Sends one request whose answer goes on as raw bytes after its head
+    /// (logs); returns the head and the stream.
+    pub async fn open_stream(
+        &self,
+        addr: &str,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<(PeerResponse, quinn::RecvStream), RpcError> {
+        let conn = self.connection(addr, timeout).await?;
+        rpc::open_stream(&conn, addr, req, PEER_MAX_FRAME, timeout).await
+    }
+
     async fn connection(&self, addr: &str, timeout: Duration) -> Result<quinn::Connection, RpcError> {
         let mut slot = self.slot(addr);
         let live = async {

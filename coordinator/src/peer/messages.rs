@@ -1,6 +1,7 @@
 //! What coordinators say to each other.
 
 use gantry_common::api::{ApiRequest, ApiResponse};
+use gantry_common::wire::{LogsHeader, LogsRequest};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -17,6 +18,9 @@ pub enum PeerRequest {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// An operator request that must be served by the leader.
     Api(ApiRequest),
+    /// An allocation's output from the coordinator holding its node's agent
+    /// link: answered with [`PeerResponse::Logs`], then the raw bytes.
+    Logs(LogsRequest),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -30,4 +34,6 @@ pub enum PeerResponse {
     NotLeader,
     /// The request did not match what this connection may carry.
     Refused(String),
+    /// The head of a logs answer; with `Ok` the output follows.
+    Logs(LogsHeader),
 }
