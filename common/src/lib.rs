@@ -16,12 +16,14 @@
 //! - [`logging`]: the daemons' tracing setup, with a log filter that SIGHUP can change.
 //! - [`systemd`]: sd_notify (READY, STATUS, STOPPING, RELOADING) and the watchdog ping.
 //! - [`cli_docs`]: man pages and shell completions generated from a binary's clap `Command`.
+//! - [`exit`]: how the binaries end on an error (one `error: ...` line, status 1).
 //!
 //! Nothing here spawns tasks or binds sockets: the daemons own those.
 
 pub mod api;
 pub mod cli_docs;
 pub mod config;
+pub mod exit;
 pub mod gpu_spec;
 pub mod identity;
 pub mod logging;

@@ -69,16 +69,8 @@ const DEFAULT_CONFIG: &str = "/etc/gantry/coordinator.toml";
 /// Settings a SIGHUP applies without a restart.
 const RELOADABLE: &[&str] = &["log_level"];
 
-/// Errors end as one `error: ...` line with its causes (journald shows it
-/// whole) rather than `Debug` output with a backtrace.
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    gantry_common::exit::report(run())
 }
 
 fn run() -> anyhow::Result<()> {

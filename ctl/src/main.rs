@@ -180,12 +180,8 @@ enum ClusterCmd {
     },
 }
 
-fn main() {
-    let cli = Cli::parse();
-    if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+fn main() -> std::process::ExitCode {
+    gantry_common::exit::report(run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

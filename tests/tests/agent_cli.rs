@@ -27,6 +27,8 @@ fn agent(pki: &std::path::Path, extra: &[&str]) -> anyhow::Result<std::process::
         .arg(pki.join("agent-gpu-01.key"))
         .args(extra)
         .env("GANTRY_LOG", "warn")
+        // Errors stay one readable line even where backtraces are asked for.
+        .env("RUST_BACKTRACE", "1")
         .output()?)
 }
 
@@ -52,6 +54,7 @@ fn bad_config_names_the_field() -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("sim_gpus") && stderr.contains("NoSuchGPU"), "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.trim_end().lines().count() == 1, "{stderr}");
 
     let out = agent(dir.path(), &["--gpu-backend", "sim", "--node-name", "someone-else"])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
