@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::peer::client::PeerClient;
 use crate::raft::network::PeerNetworkFactory;
 use crate::raft::store::open_store;
-use crate::raft::{handoff, watchdog, Raft};
+use crate::raft::{handoff, rejoin, watchdog, Raft};
 use crate::service::Service;
 use crate::telemetry::TelemetryStore;
 use crate::{admin, endpoint, leader_loop};
@@ -81,7 +81,12 @@ pub async fn run(
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
+    let was_initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
     initialize_if_new(&raft, &config).await?;
+    let rejoin_grace = rejoin::grace_for(&raft, was_initialized).await;
+    if !rejoin_grace.is_zero() {
+        info!(id = config.id, grace = ?rejoin_grace, "restarted into a cluster: waiting for its leader before campaigning");
+    }
 
     let service = Service {
         id: config.id,
@@ -98,10 +103,12 @@ pub async fn run(
     tasks.spawn(endpoint::serve(endpoint.clone(), service.clone(), stop_rx.clone()));
     tasks.spawn(leader_loop::run(service.clone(), stop_rx.clone()));
     tasks.spawn(crate::scheduler::applier::run(service.clone(), stop_rx.clone()));
+    tasks.spawn(rejoin::enable_elections(raft.clone(), config.id, rejoin_grace, stop_rx.clone()));
     tasks.spawn(watchdog::run(
         raft.clone(),
         config.id,
         Duration::from_millis(config.raft.election_timeout_max_ms),
+        rejoin_grace,
         stop_rx.clone(),
     ));
     {
@@ -150,6 +157,8 @@ fn raft_config(config: &CoordinatorConfig) -> Result<Arc<openraft::Config>, Star
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
         max_in_snapshot_log_to_keep: 1000,
         install_snapshot_timeout: 2000,
+        // Turned on by `rejoin::enable_elections` (at once unless this is a restart).
+        enable_elect: false,
         ..Default::default()
     };
     Ok(Arc::new(c.validate().map_err(|e| StartError::Raft(e.to_string()))?))

@@ -21,8 +21,13 @@ use super::messages::{PeerRequest, PeerResponse};
 use super::PEER_MAX_FRAME;
 
 const SOFTWARE: &str = concat!("gantry-coordinator ", env!("CARGO_PKG_VERSION"));
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// One connection attempt, handshake and hello included. Short, and retried
+/// soon: an attempt started while the peer was down only succeeds on a
+/// retransmitted Initial packet, so a restarted peer is reached sooner by a
+/// fresh attempt than by waiting one out (it must hear from the leader
+/// within `rejoin::REJOIN_GRACE`).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 type Slot = watch::Receiver<Option<quinn::Connection>>;
 

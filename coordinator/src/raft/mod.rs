@@ -9,6 +9,7 @@
 //! - [`network`]: Raft RPCs over QUIC (`gantry-raft/1`).
 //! - [`watchdog`]: forces an election when no leader is seen for too long.
 //! - [`handoff`]: what a leader does before it stops, so the next one has every entry.
+//! - [`rejoin`]: a restarted voter waits for the leader before it may campaign.
 
 use std::io::Cursor;
 
@@ -17,6 +18,7 @@ use crate::state::{Command, CommandResponse};
 pub mod handoff;
 pub mod log_store;
 pub mod network;
+pub mod rejoin;
 pub mod state_machine;
 pub mod store;
 pub mod watchdog;

@@ -16,13 +16,16 @@ use super::{NodeId, Raft};
 /// How many maximum election timeouts without a leader before stepping in.
 const PATIENCE: u32 = 3;
 
+/// `rejoin_grace`: a restarted voter's wait for the leader
+/// ([`super::rejoin`]), added to the patience once at start.
 pub async fn run(
     raft: Raft,
     id: NodeId,
     election_timeout_max: Duration,
+    rejoin_grace: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last_leader = Instant::now();
+    let mut last_leader = Instant::now() + rejoin_grace;
     let poll = election_timeout_max / 4;
     loop {
         tokio::select! {
@@ -33,7 +36,7 @@ pub async fn run(
             last_leader = Instant::now();
             continue;
         }
-        if last_leader.elapsed() < election_timeout_max * PATIENCE {
+        if Instant::now() < last_leader + election_timeout_max * PATIENCE {
             continue;
         }
         let max_ms = election_timeout_max.as_millis().max(1) as u64;
