@@ -97,6 +97,12 @@ fn full_flow(runtime: &'static str) -> anyhow::Result<()> {
             first_ids.insert(a.id.clone());
         }
     }
+    // Each replica's output, asked of another coordinator than the one that took the submissions.
+    let follower = c.coordinators().into_iter().filter_map(|p| p.admin_socket).find(|p| *p != s).unwrap();
+    for id in &first_ids {
+        let out: serde_json::Value = c.ctl(&follower, &["logs", id])?;
+        assert!(out["logs"].as_str().is_some_and(|l| l.contains("listening on")), "{id} ({runtime}): {out}");
+    }
     // No GPU handed out twice (whole GPUs), per the committed state.
     let all = allocs(&s, None)?;
     let mut whole = BTreeSet::new();
