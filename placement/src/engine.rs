@@ -2,10 +2,18 @@
 //! `commit` applies.
 //!
 //! ```text
-//!   ClusterSnapshot ──new──▶ Engine ──place(request, seed)──▶ Placement | Refusal
-//!                              ▲                                  │
-//!                              └──────────── commit ◀─────────────┘
+//!   ClusterSnapshot ──new / build──▶ Engine ──place(request, seed)──▶ Placement | Refusal
+//!                                      ▲                                  │
+//!                                      └──────────── commit ◀─────────────┘
 //! ```
+//!
+//! [`Engine::new`] is strict: one node the engine cannot take as it is (a
+//! MIG-mode GPU of a model without a MIG table, an impossible MIG layout, a
+//! GPU holding more than it has, more GPU models than the engine tracks)
+//! fails the whole build. [`Engine::build`] leaves such a node out instead:
+//! it stays in the engine under its index, is never chosen, is counted as
+//! excluded in refusals, and its reason is returned, so every other node
+//! keeps scheduling.
 
 use thiserror::Error;
 
@@ -19,8 +27,26 @@ use crate::refusal::{Refusal, RefusalReason};
 use crate::request::{GpuAssignment, Placement, PlacementRequest, RequestError};
 use crate::rng::{mix, SplitMix64};
 use crate::score;
-use crate::snapshot::{ClusterSnapshot, GpuTelemetry};
-use crate::state::{self, Models, Node};
+use crate::snapshot::{ClusterSnapshot, GpuTelemetry, NodeSnapshot};
+use crate::state::{self, ModelSet, Models, Node};
+
+/// A node [`Engine::build`] left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeExclusion {
+    /// Index of the node in the snapshot (the engine keeps it at that index).
+    pub node: usize,
+    /// The node's name.
+    pub name: String,
+    /// What is wrong, naming the GPU and its model, e.g. "GPU 3 (L40S) is in
+    /// MIG mode but L40S has no MIG geometry: ...".
+    pub reason: String,
+}
+
+impl std::fmt::Display for NodeExclusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {:?} is excluded: {}", self.name, self.reason)
+    }
+}
 
 /// Errors building or updating an engine.
 #[derive(Debug, Error)]
@@ -87,17 +113,74 @@ pub struct Engine {
     /// Per node, bumped by every change to it (keys the score cache).
     versions: Vec<u32>,
     cache: ScoreCache,
+    /// Nodes left out by [`Engine::build`], with their snapshots as given
+    /// (so [`Engine::snapshot`] hands them back unchanged).
+    exclusions: Vec<NodeExclusion>,
+    excluded_snapshots: Vec<NodeSnapshot>,
 }
 
 impl Engine {
-    /// Builds an engine from a snapshot; fails on an inconsistent snapshot
-    /// (impossible MIG layout, over-committed GPU).
+    /// Builds an engine from a snapshot; strict: fails when any node is
+    /// inconsistent (a MIG-mode GPU whose model has no MIG table, an
+    /// impossible MIG layout, an over-committed GPU, more than
+    /// [`Engine::MAX_MODELS`] GPU models). [`Engine::build`] leaves such
+    /// nodes out instead.
     pub fn new(snapshot: &ClusterSnapshot, config: EngineConfig) -> Result<Self, EngineError> {
         let (nodes, models) = state::build(snapshot)?;
-        let index = Index::new(&nodes);
+        Ok(Self::assemble(nodes, models, config, Vec::new(), Vec::new()))
+    }
+
+    /// Builds an engine from a snapshot, leaving out every node that
+    /// [`Engine::new`] would fail on: such a node keeps its index but is
+    /// treated as unschedulable (never chosen, counted as excluded in
+    /// refusals). Returns the engine and the exclusions, in node order (also
+    /// kept: [`Engine::exclusions`]).
+    pub fn build(snapshot: &ClusterSnapshot, config: EngineConfig) -> (Self, Vec<NodeExclusion>) {
+        let (nodes, models, faults) = state::build_lenient(snapshot);
+        let mut exclusions = Vec::with_capacity(faults.len());
+        let mut originals = Vec::with_capacity(faults.len());
+        for (i, fault) in faults {
+            exclusions.push(NodeExclusion {
+                node: i,
+                name: snapshot.nodes[i].name.clone(),
+                reason: fault.reason,
+            });
+            originals.push(snapshot.nodes[i].clone());
+        }
+        let engine = Self::assemble(nodes, models, config, exclusions.clone(), originals);
+        (engine, exclusions)
+    }
+
+    /// Most distinct GPU models one engine tracks; nodes that would add more
+    /// are excluded by [`Engine::build`].
+    pub const MAX_MODELS: usize = state::MAX_MODELS;
+
+    fn assemble(
+        nodes: Vec<Node>,
+        models: Models,
+        config: EngineConfig,
+        exclusions: Vec<NodeExclusion>,
+        excluded_snapshots: Vec<NodeSnapshot>,
+    ) -> Self {
+        let index = Index::new(&nodes, models.names.len());
         let frag = FragCache::new(&config.target, &models, &nodes);
         let versions = vec![1; nodes.len()];
-        Ok(Self { nodes, models, index, frag, config, versions, cache: ScoreCache::default() })
+        Self {
+            nodes,
+            models,
+            index,
+            frag,
+            config,
+            versions,
+            cache: ScoreCache::default(),
+            exclusions,
+            excluded_snapshots,
+        }
+    }
+
+    /// The nodes left out when the engine was built (empty for [`Engine::new`]).
+    pub fn exclusions(&self) -> &[NodeExclusion] {
+        &self.exclusions
     }
 
     /// Proposes a placement for `req` without changing anything. Ties between
@@ -125,7 +208,10 @@ impl Engine {
         let i = placement.node;
         let node = self.nodes.get(i).ok_or(EngineError::NoSuchGpu { node: i, gpu: 0 })?;
         let c = self.compile(req);
-        fit::check_node(node, &c).map_err(|r| EngineError::Stale(format!("{r:?}")))?;
+        fit::check_node(node, &c).map_err(|r| match &node.excluded {
+            Some(why) => EngineError::Stale(format!("node {:?} is excluded: {why}", node.name)),
+            None => EngineError::Stale(format!("{r:?}")),
+        })?;
         // Apply to copies of the touched GPUs first, so a failed commit changes nothing.
         let mut touched = Vec::with_capacity(placement.gpus.len());
         for a in &placement.gpus {
@@ -216,9 +302,16 @@ impl Engine {
         Ok(())
     }
 
-    /// The working state as a snapshot (reflects every commit).
+    /// The working state as a snapshot (reflects every commit); excluded
+    /// nodes come back as they were given.
     pub fn snapshot(&self) -> ClusterSnapshot {
-        state::export(&self.nodes, &self.models)
+        let mut snap = state::export(&self.nodes, &self.models);
+        for (x, original) in self.exclusions.iter().zip(&self.excluded_snapshots) {
+            if let Some(n) = snap.nodes.get_mut(x.node) {
+                *n = original.clone();
+            }
+        }
+        snap
     }
 
     /// Expected fragmentation (thousandths of a GPU, weighted by the target
@@ -236,13 +329,9 @@ impl Engine {
 
     fn compile<'a>(&self, req: &'a PlacementRequest) -> Compiled<'a> {
         let models = if req.constraints.gpu_models.is_empty() {
-            u64::MAX
+            ModelSet::first(self.models.names.len())
         } else {
-            req.constraints
-                .gpu_models
-                .iter()
-                .filter_map(|m| self.models.id(m))
-                .fold(0, |acc, id| acc | 1 << id)
+            req.constraints.gpu_models.iter().filter_map(|m| self.models.id(m)).collect()
         };
         Compiled {
             req,
@@ -260,7 +349,7 @@ impl Engine {
             Policy::Spread => Order::Loose,
             _ => Order::Tight,
         };
-        let mut buckets = self.index.buckets_for(&c.kind, c.models, order);
+        let mut buckets = self.index.buckets_for(&c.kind, &c.models, order);
         if !matches!(c.policy, Policy::Binpack | Policy::Spread) && !buckets.is_empty() {
             let r = rng.below(buckets.len());
             buckets.rotate_left(r);
@@ -384,7 +473,8 @@ impl Engine {
         if c.req.cpu_milli > 0 || c.req.memory_mib > 0 {
             wanted.push_str(&format!(" and {} mCPU / {} MiB free", c.req.cpu_milli, c.req.memory_mib));
         }
-        Refusal { wanted, nodes_total: self.nodes.len(), reasons: counts }
+        let excluded = self.exclusions.iter().map(|x| format!("{}: {}", x.name, x.reason)).collect();
+        Refusal { wanted, nodes_total: self.nodes.len(), reasons: counts, excluded }
     }
 }
 
@@ -419,8 +509,9 @@ fn node_best(frag: &FragCache, i: usize, node: &Node, c: &Compiled<'_>, scratch:
     best
 }
 
-/// One-shot convenience: builds an engine over `snapshot` and places `req`
-/// with `policy`, scoring every feasible node.
+/// One-shot convenience: builds an engine over `snapshot` (leaving out the
+/// nodes [`Engine::build`] excludes) and places `req` with `policy`, scoring
+/// every feasible node.
 pub fn place(
     snapshot: &ClusterSnapshot,
     req: &PlacementRequest,
@@ -428,6 +519,6 @@ pub fn place(
     seed: u64,
 ) -> Result<Placement, PlaceError> {
     let config = EngineConfig { default_policy: policy, candidate_limit: None, ..EngineConfig::default() };
-    let engine = Engine::new(snapshot, config).map_err(|e| PlaceError::Snapshot(e.to_string()))?;
+    let (engine, _) = Engine::build(snapshot, config);
     engine.place(req, seed)
 }

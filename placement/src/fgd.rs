@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Models, Node};
+use crate::state::{ModelSet, Models, Node};
 
 /// One task shape of the target workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,7 +89,7 @@ pub(crate) struct CompiledShape {
     pub cpu: u64,
     pub count: u32,
     pub milli: u32,
-    pub mask: u64,
+    pub mask: ModelSet,
     pub weight: f64,
 }
 
@@ -114,9 +114,9 @@ pub(crate) struct FragCache {
     /// model -> extra demand per unit of capacity that model-constrained
     /// shapes put on the model beyond an even spread (see [`FragCache::pressure`]).
     pressure: Vec<f64>,
-    /// Models with capacity and with pressure, as bit masks.
-    present: u64,
-    pressed: u64,
+    /// Models with capacity and with pressure.
+    present: ModelSet,
+    pressed: ModelSet,
 }
 
 /// A change of one GPU's free capacity.
@@ -137,9 +137,9 @@ impl FragCache {
                 count: u32::from(s.gpu_count),
                 milli: s.milli,
                 mask: if s.models.is_empty() {
-                    u64::MAX
+                    ModelSet::first(models.names.len())
                 } else {
-                    s.models.iter().filter_map(|m| models.id(m)).fold(0, |acc, id| acc | 1 << id)
+                    s.models.iter().filter_map(|m| models.id(m)).collect()
                 },
                 weight: s.weight,
             })
@@ -148,7 +148,7 @@ impl FragCache {
         let cpu_per_milli = nodes
             .iter()
             .map(|node| {
-                let runs = |s: &&CompiledShape| s.count == 0 || s.mask & node.models != 0;
+                let runs = |s: &&CompiledShape| s.count == 0 || s.mask.intersects(&node.models);
                 let cpu: f64 = shapes.iter().filter(runs).map(|s| s.weight * s.cpu as f64).sum();
                 let gpu: f64 =
                     shapes.iter().filter(runs).map(|s| s.weight * f64::from(s.count * s.milli)).sum();
@@ -163,8 +163,8 @@ impl FragCache {
             cpu_per_milli,
             model_cap: Vec::new(),
             pressure: Vec::new(),
-            present: 0,
-            pressed: 0,
+            present: ModelSet::EMPTY,
+            pressed: ModelSet::EMPTY,
             shapes,
             total: vec![0; nodes.len()],
             cnt: vec![0; nodes.len() * n],
@@ -174,7 +174,7 @@ impl FragCache {
         for (i, node) in nodes.iter().enumerate() {
             cache.refresh(i, node);
         }
-        cache.weigh_models(nodes);
+        cache.weigh_models(nodes, models.names.len());
         cache
     }
 
@@ -184,8 +184,8 @@ impl FragCache {
     /// excess, per unit of `m`'s capacity, over the shapes that allow `m`:
     /// `sum_k d_k * (1 / cap(models_k) - 1 / cap(all))`, with `d_k` the
     /// shape's share of GPU demand scaled to the cluster's capacity.
-    fn weigh_models(&mut self, nodes: &[Node]) {
-        let mut cap = vec![0.0; crate::state::MAX_MODELS];
+    fn weigh_models(&mut self, nodes: &[Node], model_count: usize) {
+        let mut cap = vec![0.0; model_count];
         for node in nodes {
             for g in &node.gpus {
                 cap[usize::from(g.model)] += f64::from(g.free_milli());
@@ -196,21 +196,22 @@ impl FragCache {
         let mut pressure = vec![0.0; cap.len()];
         if all > 0.0 && demand > 0.0 {
             for s in &self.shapes {
-                let allowed: f64 = (0..cap.len()).filter(|&m| s.mask & (1 << m) != 0).map(|m| cap[m]).sum();
+                let allowed: f64 = s.mask.iter().filter_map(|m| cap.get(usize::from(m))).sum();
                 if allowed <= 0.0 {
                     continue;
                 }
                 let d = s.weight * f64::from(s.count * s.milli) / demand * all;
                 let excess = d * (1.0 / allowed - 1.0 / all);
-                for (m, p) in pressure.iter_mut().enumerate() {
-                    if s.mask & (1 << m) != 0 {
+                for m in s.mask.iter() {
+                    if let Some(p) = pressure.get_mut(usize::from(m)) {
                         *p += excess;
                     }
                 }
             }
         }
-        let mask =
-            |v: &[f64]| v.iter().enumerate().filter(|(_, &x)| x > 0.0).fold(0u64, |a, (m, _)| a | 1 << m);
+        let mask = |v: &[f64]| -> ModelSet {
+            v.iter().enumerate().filter(|(_, &x)| x > 0.0).map(|(m, _)| m as u8).collect()
+        };
         self.present = mask(&cap);
         self.pressed = mask(&pressure);
         self.model_cap = cap;
@@ -221,15 +222,11 @@ impl FragCache {
     /// `changes`: the taken capacity times the model's pressure, discounted by
     /// the share of the request's own allowed capacity that model holds (a
     /// request that can only use this model pays nothing).
-    pub fn pressure(&self, models: u64, changes: &[GpuChange]) -> f64 {
-        if changes.iter().all(|c| self.pressed & (1 << c.model) == 0) {
+    pub fn pressure(&self, models: &ModelSet, changes: &[GpuChange]) -> f64 {
+        if changes.iter().all(|c| !self.pressed.contains(c.model)) {
             return 0.0;
         }
-        let (mut allowed, mut bits) = (0.0, models & self.present);
-        while bits != 0 {
-            allowed += self.model_cap[bits.trailing_zeros() as usize];
-            bits &= bits - 1;
-        }
+        let allowed: f64 = models.and(&self.present).iter().map(|m| self.model_cap[usize::from(m)]).sum();
         if allowed <= 0.0 {
             return 0.0;
         }
@@ -251,7 +248,7 @@ impl FragCache {
             let (mut cnt, mut lt, mut slots) = (0, 0, 0);
             for g in &node.gpus {
                 let f = g.free_milli();
-                if s.mask & (1 << g.model) != 0 && f >= s.milli && f > 0 {
+                if s.mask.contains(g.model) && f >= s.milli && f > 0 {
                     cnt += 1;
                     slots += f / s.milli.max(1);
                 } else {
@@ -299,7 +296,7 @@ impl FragCache {
             let (cnt, lt) = (self.cnt[i * n + k], self.lt[i * n + k]);
             let (mut cnt2, mut lt2) = (cnt, lt);
             for c in changes {
-                let allowed = s.mask & (1 << c.model) != 0;
+                let allowed = s.mask.contains(c.model);
                 if allowed && c.before >= s.milli && c.before > 0 {
                     cnt2 -= 1;
                 } else {
@@ -341,7 +338,7 @@ impl FragCache {
             let mut slots2 = slots;
             let m = s.milli.max(1);
             for c in changes {
-                if s.mask & (1 << c.model) != 0 {
+                if s.mask.contains(c.model) {
                     // Integer division: `after <= before`, so this never underflows.
                     slots2 = slots2 + c.after / m - c.before / m;
                 }
@@ -416,12 +413,13 @@ mod tests {
         let (t4, v100) = (models.id("T4").unwrap(), models.id("V100").unwrap());
         let take = |model| [GpuChange { model, before: 1000, after: 0 }];
         // Half the demand needs T4, which holds half the capacity: T4 is over-demanded.
-        let any = cache.pressure(u64::MAX, &take(t4));
+        let all = ModelSet::first(models.names.len());
+        let any = cache.pressure(&all, &take(t4));
         assert!(any > 0.0, "{any}");
-        assert_eq!(cache.pressure(1 << t4, &take(t4)), 0.0);
-        assert_eq!(cache.pressure(u64::MAX, &take(v100)), 0.0);
+        assert_eq!(cache.pressure(&ModelSet::single(t4), &take(t4)), 0.0);
+        assert_eq!(cache.pressure(&all, &take(v100)), 0.0);
         // No constrained shapes: no pressure anywhere.
         let plain = FragCache::new(&TargetWorkload { shapes: vec![shape(&[], 1.0)] }, &models, &nodes);
-        assert_eq!(plain.pressure(u64::MAX, &take(t4)), 0.0);
+        assert_eq!(plain.pressure(&all, &take(t4)), 0.0);
     }
 }

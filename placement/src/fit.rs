@@ -3,14 +3,14 @@
 
 use crate::policy::Policy;
 use crate::request::{GpuRequest, GpuShare, PlacementRequest, MPS_MAX_CLIENTS};
-use crate::state::{milli_memory, Gpu, Node, Usage};
+use crate::state::{milli_memory, Gpu, ModelSet, Node, Usage};
 
 /// A request resolved against the engine's model table.
 #[derive(Debug, Clone)]
 pub(crate) struct Compiled<'a> {
     pub req: &'a PlacementRequest,
-    /// Allowed GPU models (bit per interned model).
-    pub models: u64,
+    /// Allowed GPU models.
+    pub models: ModelSet,
     pub kind: Kind<'a>,
     pub policy: Policy,
 }
@@ -42,6 +42,8 @@ pub(crate) enum Kind<'a> {
 /// Why one node cannot take a request (first failing check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Reject {
+    /// Left out when the engine was built (see `Node::excluded`).
+    Excluded,
     Down,
     Labels,
     AntiAffinity,
@@ -112,8 +114,8 @@ impl Kind<'_> {
             Kind::Whole { .. } => gpu.free_milli(),
             Kind::Mig { profile } => gpu
                 .mig_table
-                .and_then(|t| t.profile(profile).ok())
-                .map_or(0, |p| u32::from(p.compute_slices) * 1000 / u32::from(crate::mig::COMPUTE_SLICES)),
+                .and_then(|t| Some((t, t.profile(profile).ok()?)))
+                .map_or(0, |(t, p)| u32::from(p.compute_slices) * 1000 / u32::from(t.compute_slices.max(1))),
             Kind::Mps { pct, mem } => (u32::from(pct) * 10).max(mem_milli(mem, gpu.mem)),
             Kind::Shared { mem } => mem_milli(mem, gpu.mem),
             Kind::Frac { milli } => milli,
@@ -129,6 +131,9 @@ fn mem_milli(mem: u64, total: u64) -> u32 {
 /// Node-level checks that do not look at GPUs.
 pub(crate) fn check_node(node: &Node, c: &Compiled<'_>) -> Result<(), Reject> {
     let req = c.req;
+    if node.excluded.is_some() {
+        return Err(Reject::Excluded);
+    }
     if !node.schedulable {
         return Err(Reject::Down);
     }
@@ -144,7 +149,7 @@ pub(crate) fn check_node(node: &Node, c: &Compiled<'_>) -> Result<(), Reject> {
     if node.mem_cap.saturating_sub(node.mem_used) < req.memory_mib {
         return Err(Reject::Memory);
     }
-    if c.kind != Kind::None && node.models & c.models == 0 {
+    if c.kind != Kind::None && !node.models.intersects(&c.models) {
         return Err(Reject::NoModel);
     }
     Ok(())
@@ -156,7 +161,7 @@ pub(crate) fn check_node(node: &Node, c: &Compiled<'_>) -> Result<(), Reject> {
 pub(crate) fn choices(node: &Node, c: &Compiled<'_>, out: &mut Vec<Choice>) -> Result<(), Reject> {
     check_node(node, c)?;
     let min_mem = c.req.constraints.min_gpu_memory_mib;
-    let eligible = |g: &Gpu| g.healthy && c.models & (1 << g.model) != 0;
+    let eligible = |g: &Gpu| g.healthy && c.models.contains(g.model);
     match c.kind {
         Kind::None => {
             out.push(Choice { gpus: [0; 8], n: 0, mig_start: 0 });
@@ -229,7 +234,7 @@ fn whole_choices(
     let mut any_mem = false;
     let mut total_free = 0usize;
     for (i, g) in node.gpus.iter().enumerate() {
-        if !g.healthy || c.models & (1 << g.model) == 0 || g.mem < min_mem {
+        if !g.healthy || !c.models.contains(g.model) || g.mem < min_mem {
             continue;
         }
         any_mem = true;

@@ -10,7 +10,7 @@
 
 use crate::fit::Kind;
 use crate::request::MPS_MAX_CLIENTS;
-use crate::state::{Node, Usage, MAX_MODELS};
+use crate::state::{ModelSet, Node, Usage};
 
 const WHOLE: usize = 0; // 1..=8 -> WHOLE + k - 1
 const FRAC: usize = 8; // tenths 0..=10 -> FRAC + t
@@ -25,6 +25,8 @@ const ALL: usize = 0;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Index {
     buckets: Vec<Vec<u32>>,
+    /// Models the engine knows (ids `0..model_count`).
+    model_count: usize,
     /// node -> [(bucket, position in bucket)]
     member: Vec<Vec<(u32, u32)>>,
 }
@@ -39,9 +41,10 @@ pub(crate) enum Order {
 }
 
 impl Index {
-    pub fn new(nodes: &[Node]) -> Self {
+    pub fn new(nodes: &[Node], model_count: usize) -> Self {
         let mut index = Self {
-            buckets: vec![Vec::new(); 1 + MAX_MODELS * PER_MODEL],
+            buckets: vec![Vec::new(); 1 + model_count * PER_MODEL],
+            model_count,
             member: vec![Vec::new(); nodes.len()],
         };
         for (i, n) in nodes.iter().enumerate() {
@@ -57,15 +60,15 @@ impl Index {
     }
 
     /// The buckets a request may find a node in, in `order`.
-    pub fn buckets_for(&self, kind: &Kind<'_>, models: u64, order: Order) -> Vec<u32> {
+    pub fn buckets_for(&self, kind: &Kind<'_>, models: &ModelSet, order: Order) -> Vec<u32> {
         let mut out = Vec::new();
-        for m in 0..MAX_MODELS {
-            if models & (1 << m) == 0 {
-                continue;
-            }
+        if matches!(kind, Kind::None) {
+            return vec![ALL as u32];
+        }
+        for m in models.and(&ModelSet::first(self.model_count)).iter().map(usize::from) {
             let base = 1 + m * PER_MODEL;
             match *kind {
-                Kind::None => return vec![ALL as u32],
+                Kind::None => {} // answered above
                 Kind::Whole { count, .. } => {
                     for k in usize::from(count.clamp(1, 8))..=8 {
                         out.push((base + WHOLE + k - 1, k));
@@ -99,10 +102,7 @@ impl Index {
             return;
         }
         let mut keys = vec![ALL];
-        for m in 0..MAX_MODELS {
-            if node.models & (1 << m) == 0 {
-                continue;
-            }
+        for m in node.models.iter().map(usize::from) {
             let base = 1 + m * PER_MODEL;
             let (mut whole, mut frac, mut mig, mut mps, mut shared) = (0usize, None, false, false, false);
             for g in node.gpus.iter().filter(|g| g.healthy && usize::from(g.model) == m) {

@@ -8,9 +8,12 @@
 //!
 //! ```text
 //!   ClusterSnapshot ─▶ Engine::new ─▶ Engine ─ place(&PlacementRequest, seed) ─▶ Placement
-//!                                        ▲                                   └─▶ PlaceError::Refused(Refusal)
+//!                   (or Engine::build)   ▲                                   └─▶ PlaceError::Refused(Refusal)
 //!                                        └── commit(&PlacementRequest, &Placement)
 //! ```
+//!
+//! [`Engine::new`] fails on any inconsistent node; [`Engine::build`] leaves
+//! such nodes out ([`NodeExclusion`]) so the rest of the cluster schedules.
 //!
 //! # Layout
 //!
@@ -49,7 +52,7 @@ mod index;
 mod score;
 mod state;
 
-pub use engine::{place, Engine, EngineConfig, EngineError, PlaceError};
+pub use engine::{place, Engine, EngineConfig, EngineError, NodeExclusion, PlaceError};
 pub use fgd::{Shape, TargetWorkload};
 pub use policy::Policy;
 pub use refusal::{Refusal, RefusalReason};

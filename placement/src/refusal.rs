@@ -28,6 +28,9 @@ pub enum RefusalReason {
     GpuCapacity,
     /// Enough free GPUs, but not in one NVLink domain.
     NvLink,
+    /// Left out when the engine was built (a MIG GPU of a model without a
+    /// MIG table, an over-committed GPU, ...): see [`Refusal::excluded`].
+    Excluded,
 }
 
 /// A refused request: what was wanted and how many nodes failed for what.
@@ -38,7 +41,13 @@ pub struct Refusal {
     pub nodes_total: usize,
     /// Count of nodes per reason (each node counted once, by its first failing check), largest first.
     pub reasons: Vec<(RefusalReason, usize)>,
+    /// The excluded nodes as "name: reason", in node order.
+    #[serde(default)]
+    pub excluded: Vec<String>,
 }
+
+/// Excluded nodes spelled out in a refusal message; the rest are counted.
+const EXCLUDED_SHOWN: usize = 3;
 
 impl RefusalReason {
     fn phrase(self, n: usize) -> String {
@@ -49,6 +58,7 @@ impl RefusalReason {
             ("nodes", "are", "lack", "do", "have", "run")
         };
         match self {
+            RefusalReason::Excluded => format!("{n} {s} {is} excluded"),
             RefusalReason::NodeDown => format!("{n} {s} {is} down or cordoned"),
             RefusalReason::Labels => format!("{n} {s} {does} not match the label selectors"),
             RefusalReason::AntiAffinity => format!("{n} {s} already {runs} a replica of this workload"),
@@ -63,6 +73,7 @@ impl RefusalReason {
 
     pub(crate) fn from_reject(r: Reject) -> Self {
         match r {
+            Reject::Excluded => RefusalReason::Excluded,
             Reject::Down => RefusalReason::NodeDown,
             Reject::Labels => RefusalReason::Labels,
             Reject::AntiAffinity => RefusalReason::AntiAffinity,
@@ -89,7 +100,28 @@ impl fmt::Display for Refusal {
         if self.nodes_total == 0 {
             return write!(f, "; the cluster has no nodes");
         }
-        let parts: Vec<String> = self.reasons.iter().map(|(r, n)| r.phrase(*n)).collect();
-        write!(f, "; {}", parts.join(", "))
+        // Excluded nodes last: their reasons are sentences of their own.
+        let parts: Vec<String> = self
+            .reasons
+            .iter()
+            .filter(|(r, _)| *r != RefusalReason::Excluded)
+            .map(|(r, n)| r.phrase(*n))
+            .collect();
+        if !parts.is_empty() {
+            write!(f, "; {}", parts.join(", "))?;
+        }
+        let excluded = self.count(RefusalReason::Excluded);
+        if excluded > 0 {
+            write!(f, "; {}", RefusalReason::Excluded.phrase(excluded))?;
+            if !self.excluded.is_empty() {
+                let shown: Vec<&str> =
+                    self.excluded.iter().take(EXCLUDED_SHOWN).map(String::as_str).collect();
+                write!(f, ": {}", shown.join("; "))?;
+                if self.excluded.len() > EXCLUDED_SHOWN {
+                    write!(f, "; and {} more", self.excluded.len() - EXCLUDED_SHOWN)?;
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -54,7 +54,7 @@ pub(crate) fn cost(
                 + STRANDED_WEIGHT * frag.delta_stranded(i, cpu_free, cpu, taken)
                 + PACK_WEIGHT * pack(frag, i, node, choice, c)
                 + if breaks_empty_node { EMPTY_NODE_PENALTY } else { 0.0 }
-                + frag.pressure(c.models, changes)
+                + frag.pressure(&c.models, changes)
         }
     }
 }

@@ -8,8 +8,93 @@ use crate::request::{GpuShare, MPS_MAX_CLIENTS};
 use crate::snapshot::{ClusterSnapshot, GpuMode, GpuSnapshot, GpuTelemetry, MigInstanceSpec, NodeSnapshot};
 use crate::EngineError;
 
-/// Most distinct GPU models one engine tracks (model sets are u64 bit masks).
-pub const MAX_MODELS: usize = 64;
+/// Most distinct GPU models one engine tracks: model ids are `u8`, model
+/// sets a 256-bit [`ModelSet`]. A node whose GPUs would bring the count
+/// beyond it is excluded ([`crate::Engine::build`]) rather than failing the
+/// engine.
+pub const MAX_MODELS: usize = 256;
+const MODEL_WORDS: usize = MAX_MODELS / 64;
+
+/// A set of interned GPU models, one bit per model id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub(crate) struct ModelSet([u64; MODEL_WORDS]);
+
+impl ModelSet {
+    pub const EMPTY: Self = Self([0; MODEL_WORDS]);
+
+    /// Models `0..n`: every model of an engine that has `n`.
+    pub fn first(n: usize) -> Self {
+        let mut s = Self::EMPTY;
+        for (w, word) in s.0.iter_mut().enumerate() {
+            let lo = w * 64;
+            *word = if n >= lo + 64 {
+                u64::MAX
+            } else if n > lo {
+                (1u64 << (n - lo)) - 1
+            } else {
+                0
+            };
+        }
+        s
+    }
+
+    /// The set of one model.
+    #[cfg(test)]
+    pub fn single(id: u8) -> Self {
+        let mut s = Self::EMPTY;
+        s.insert(id);
+        s
+    }
+
+    pub fn insert(&mut self, id: u8) {
+        self.0[usize::from(id) >> 6] |= 1 << (id & 63);
+    }
+
+    #[inline]
+    pub fn contains(&self, id: u8) -> bool {
+        (self.0[usize::from(id) >> 6] >> (id & 63)) & 1 != 0
+    }
+
+    /// Whether the two sets share a model.
+    #[inline]
+    pub fn intersects(&self, other: &Self) -> bool {
+        self.0.iter().zip(&other.0).any(|(a, b)| a & b != 0)
+    }
+
+    /// The models in both sets.
+    pub fn and(&self, other: &Self) -> Self {
+        let mut s = *self;
+        for (a, b) in s.0.iter_mut().zip(&other.0) {
+            *a &= b;
+        }
+        s
+    }
+
+    /// Model ids in the set, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u8> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, &word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                Some((w * 64 + b as usize) as u8)
+            })
+        })
+    }
+}
+
+impl FromIterator<u8> for ModelSet {
+    fn from_iter<I: IntoIterator<Item = u8>>(ids: I) -> Self {
+        let mut s = Self::EMPTY;
+        for id in ids {
+            s.insert(id);
+        }
+        s
+    }
+}
 
 /// What a GPU currently holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,8 +127,11 @@ pub(crate) struct Node {
     pub mem_used: u64,
     pub workloads: BTreeSet<String>,
     pub gpus: Vec<Gpu>,
-    /// Bit mask of the models present.
-    pub models: u64,
+    /// The models present.
+    pub models: ModelSet,
+    /// Why the engine left this node out, if it did: it has no GPUs here,
+    /// is never chosen, and refusals count it as excluded.
+    pub excluded: Option<String>,
 }
 
 /// Interned GPU model names.
@@ -85,7 +173,7 @@ impl Gpu {
                 }
             }
             Usage::Mig { layout, .. } => {
-                u32::from(layout.free_compute()) * 1000 / u32::from(mig::COMPUTE_SLICES)
+                u32::from(layout.free_compute()) * 1000 / u32::from(layout.compute_slices().max(1))
             }
             Usage::Mps { clients, pct, mem } => {
                 if *clients >= MPS_MAX_CLIENTS {
@@ -165,47 +253,138 @@ fn ratio_milli(part: u64, whole: u64) -> u32 {
     part.saturating_mul(1000).checked_div(whole).map_or(0, |m| m.min(1000) as u32)
 }
 
-/// Builds the working state from a snapshot, checking MIG layouts and usage.
-pub(crate) fn build(snapshot: &ClusterSnapshot) -> Result<(Vec<Node>, Models), EngineError> {
-    let mut models = Models::default();
-    let mut nodes = Vec::with_capacity(snapshot.nodes.len());
-    for n in &snapshot.nodes {
-        let mut gpus = Vec::with_capacity(n.gpus.len());
-        let mut mask = 0u64;
-        for (i, g) in n.gpus.iter().enumerate() {
-            let gpu = build_gpu(g, &mut models).map_err(|e| EngineError::Gpu {
-                node: n.name.clone(),
-                gpu: i,
-                source: Box::new(e),
-            })?;
-            mask |= 1 << gpu.model;
-            gpus.push(gpu);
-        }
-        nodes.push(Node {
-            name: n.name.clone(),
-            labels: n.labels.clone(),
-            schedulable: n.schedulable,
-            cpu_cap: n.cpu_milli,
-            cpu_used: n.cpu_used_milli,
-            mem_cap: n.memory_mib,
-            mem_used: n.memory_used_mib,
-            workloads: n.workloads.clone(),
-            gpus,
-            models: mask,
-        });
-    }
-    Ok((nodes, models))
+/// Why one node of a snapshot cannot be taken as it is.
+#[derive(Debug)]
+pub(crate) struct NodeFault {
+    /// Index of the offending GPU on the node.
+    pub gpu: usize,
+    pub error: EngineError,
+    /// For people: names the GPU, its model and what is wrong.
+    pub reason: String,
 }
 
-fn build_gpu(g: &GpuSnapshot, models: &mut Models) -> Result<Gpu, EngineError> {
+/// Builds the working state from a snapshot, checking MIG layouts and usage;
+/// fails on the first node that does not check out.
+pub(crate) fn build(snapshot: &ClusterSnapshot) -> Result<(Vec<Node>, Models), EngineError> {
+    let (nodes, models, faults) = build_lenient(snapshot);
+    match faults.into_iter().next() {
+        Some((i, fault)) => Err(EngineError::Gpu {
+            node: snapshot.nodes[i].name.clone(),
+            gpu: fault.gpu,
+            source: Box::new(fault.error),
+        }),
+        None => Ok((nodes, models)),
+    }
+}
+
+/// Like [`build`], but a node that does not check out is kept as an
+/// excluded, GPU-less, unschedulable placeholder (so node indices stay those
+/// of the snapshot) and its fault is returned with its index.
+pub(crate) fn build_lenient(snapshot: &ClusterSnapshot) -> (Vec<Node>, Models, Vec<(usize, NodeFault)>) {
+    let mut models = Models::default();
+    let mut nodes = Vec::with_capacity(snapshot.nodes.len());
+    let mut faults = Vec::new();
+    for (i, n) in snapshot.nodes.iter().enumerate() {
+        match build_node(n, &mut models) {
+            Ok(node) => nodes.push(node),
+            Err(fault) => {
+                nodes.push(Node {
+                    name: n.name.clone(),
+                    labels: n.labels.clone(),
+                    schedulable: false,
+                    cpu_cap: n.cpu_milli,
+                    cpu_used: n.cpu_used_milli,
+                    mem_cap: n.memory_mib,
+                    mem_used: n.memory_used_mib,
+                    workloads: n.workloads.clone(),
+                    gpus: Vec::new(),
+                    models: ModelSet::EMPTY,
+                    excluded: Some(fault.reason.clone()),
+                });
+                faults.push((i, fault));
+            }
+        }
+    }
+    (nodes, models, faults)
+}
+
+/// One node: every GPU must check out, and its models must fit the model
+/// table (interned only when the whole node is accepted).
+fn build_node(n: &NodeSnapshot, models: &mut Models) -> Result<Node, NodeFault> {
+    let mut gpus = Vec::with_capacity(n.gpus.len());
+    for (i, g) in n.gpus.iter().enumerate() {
+        let gpu = build_gpu(g).map_err(|(error, what)| NodeFault {
+            gpu: i,
+            error,
+            reason: format!("GPU {i} ({}) {what}", g.model),
+        })?;
+        gpus.push(gpu);
+    }
+    let too_many = |i: usize, model: &str| {
+        NodeFault {
+        gpu: i,
+        error: EngineError::TooManyModels(MAX_MODELS),
+        reason: format!(
+            "GPU {i} ({model}) would add a GPU model beyond the {MAX_MODELS} distinct models one engine tracks"
+        ),
+    }
+    };
+    let mut new: Vec<&str> = Vec::new();
+    for (i, g) in n.gpus.iter().enumerate() {
+        if models.id(&g.model).is_some() || new.contains(&g.model.as_str()) {
+            continue;
+        }
+        if models.names.len() + new.len() >= MAX_MODELS {
+            return Err(too_many(i, &g.model));
+        }
+        new.push(&g.model);
+    }
+    let mut mask = ModelSet::EMPTY;
+    for (i, (gpu, g)) in gpus.iter_mut().zip(&n.gpus).enumerate() {
+        gpu.model = models.intern(&g.model).map_err(|_| too_many(i, &g.model))?;
+        mask.insert(gpu.model);
+    }
+    Ok(Node {
+        name: n.name.clone(),
+        labels: n.labels.clone(),
+        schedulable: n.schedulable,
+        cpu_cap: n.cpu_milli,
+        cpu_used: n.cpu_used_milli,
+        mem_cap: n.memory_mib,
+        mem_used: n.memory_used_mib,
+        workloads: n.workloads.clone(),
+        gpus,
+        models: mask,
+        excluded: None,
+    })
+}
+
+/// One GPU, its model not yet interned (id 0); on failure the error and the
+/// rest of a sentence that starts with "GPU i (model)".
+fn build_gpu(g: &GpuSnapshot) -> Result<Gpu, (EngineError, String)> {
     let mig_table = mig::table_for_model(&g.model);
     let usage = match &g.mode {
         GpuMode::Exclusive { allocated } => Usage::Exclusive { busy: *allocated },
         GpuMode::Mig { instances } => {
-            let table = mig_table.ok_or_else(|| mig::MigError::UnsupportedModel(g.model.clone()))?;
-            let mut layout = MigLayout::new();
+            let Some(table) = mig_table else {
+                return Err((
+                    mig::MigError::UnsupportedModel(g.model.clone()).into(),
+                    format!(
+                        "is in MIG mode but {} has no MIG geometry: MIG is not supported on this model, \
+                         or its profile table is not known",
+                        g.model
+                    ),
+                ));
+            };
+            let mut layout = MigLayout::new(table);
             for inst in instances {
-                layout.place(table.profile(&inst.profile)?, inst.start)?;
+                if let Err(e) = table.profile(&inst.profile).and_then(|p| layout.place(p, inst.start)) {
+                    let what = format!(
+                        "has a MIG layout the hardware cannot hold: {} at memory slice {}: {e}",
+                        inst.profile, inst.start
+                    );
+                    return Err((e.into(), what));
+                }
             }
             Usage::Mig { layout, instances: instances.clone() }
         }
@@ -217,7 +396,7 @@ fn build_gpu(g: &GpuSnapshot, models: &mut Models) -> Result<Gpu, EngineError> {
         }
     };
     let gpu = Gpu {
-        model: models.intern(&g.model)?,
+        model: 0,
         mem: g.memory_mib,
         nvlink: g.nvlink_domain,
         healthy: g.healthy,
@@ -226,7 +405,18 @@ fn build_gpu(g: &GpuSnapshot, models: &mut Models) -> Result<Gpu, EngineError> {
         mig_table,
     };
     if !gpu.within_capacity() {
-        return Err(EngineError::OverCommitted);
+        let held = match &gpu.usage {
+            Usage::Mps { clients, pct, mem } => format!(
+                "its {clients} MPS client(s) hold {pct} % of compute and {mem} of {} MiB \
+                 (at most {MPS_MAX_CLIENTS} clients, 100 %)",
+                gpu.mem
+            ),
+            Usage::Shared { milli, mem, .. } => {
+                format!("its tenants hold {milli}/1000 of it and {mem} of {} MiB", gpu.mem)
+            }
+            _ => String::new(),
+        };
+        return Err((EngineError::OverCommitted, format!("holds more than it has: {held}")));
     }
     Ok(gpu)
 }

@@ -276,3 +276,157 @@ fn fgd_pack_keeps_constrained_models_for_the_tasks_that_need_them() {
         }
     }
 }
+
+/// The issue "One node can stop all scheduling": a MIG-mode GPU of a model
+/// without a MIG table on one node and an over-committed GPU on another
+/// leave those two nodes out; the rest keeps scheduling.
+#[test]
+fn one_bad_node_does_not_stop_scheduling() {
+    let l40s = |mode| GpuSnapshot::with_mode("L40S", 46_068, mode);
+    let free = GpuMode::Exclusive { allocated: false };
+    let bad_mig = node(
+        "bad-mig",
+        vec![l40s(free.clone()), l40s(free.clone()), l40s(free), l40s(GpuMode::Mig { instances: vec![] })],
+    );
+    let over = node(
+        "over",
+        vec![GpuSnapshot::with_mode(
+            "H100-80GB",
+            81_920,
+            GpuMode::Mps { clients: 3, compute_pct: 120, memory_mib: 1_000 },
+        )],
+    );
+    let a30 = GpuSnapshot::with_mode("A30-24GB", 24_576, GpuMode::Mig { instances: vec![] });
+    let snap = ClusterSnapshot {
+        nodes: vec![node("good", vec![h100(None)]), bad_mig, over, node("a30", vec![a30])],
+    };
+
+    // The strict constructor still refuses the whole snapshot.
+    let err = Engine::new(&snap, EngineConfig::default()).unwrap_err().to_string();
+    assert!(err.contains("bad-mig") && err.contains("GPU 3"), "{err}");
+
+    let (mut e, excluded) = Engine::build(&snap, EngineConfig::default());
+    assert_eq!(excluded.len(), 2, "{excluded:?}");
+    assert_eq!(e.exclusions(), &excluded[..]);
+    assert_eq!((excluded[0].node, excluded[0].name.as_str()), (1, "bad-mig"));
+    assert!(
+        excluded[0].reason.starts_with(
+            "GPU 3 (L40S) is in MIG mode but L40S has no MIG geometry: MIG is not supported on this model"
+        ),
+        "{}",
+        excluded[0].reason
+    );
+    assert_eq!((excluded[1].node, excluded[1].name.as_str()), (2, "over"));
+    assert!(
+        excluded[1].reason.starts_with("GPU 0 (H100-80GB) holds more than it has"),
+        "{}",
+        excluded[1].reason
+    );
+    assert!(excluded[1].reason.contains("120 %"), "{}", excluded[1].reason);
+    assert!(excluded[0].to_string().starts_with("node \"bad-mig\" is excluded: GPU 3 (L40S)"));
+
+    // The good nodes take work: a whole GPU, then A30 MIG instances in its own 4-slice geometry.
+    let whole = req(GpuRequest::Exclusive { count: 1, linked: false });
+    assert_eq!(e.place_and_commit(&whole, 0).unwrap().node_name, "good");
+    let two = req(GpuRequest::Mig { profile: "2g.12gb".into() });
+    let mut starts = Vec::new();
+    for _ in 0..2 {
+        let p = e.place_and_commit(&two, 0).unwrap();
+        assert_eq!(p.node_name, "a30");
+        let GpuShare::Mig { start, .. } = p.gpus[0].share else { panic!("{p:?}") };
+        starts.push(start);
+    }
+    starts.sort_unstable();
+    assert_eq!(starts, [0, 2]);
+
+    // Nothing fits now: the refusal counts the excluded nodes and says why.
+    let r = refused(e.place(&whole, 0));
+    assert_eq!(r.nodes_total, 4);
+    assert_eq!(r.count(RefusalReason::Excluded), 2);
+    assert_eq!(r.count(RefusalReason::GpuCapacity), 2);
+    let msg = r.to_string();
+    assert!(
+        msg.contains("2 nodes lack free GPU capacity; 2 nodes are excluded: bad-mig: GPU 3 (L40S)"),
+        "{msg}"
+    );
+    assert!(msg.contains("; over: GPU 0 (H100-80GB) holds more than it has"), "{msg}");
+    // An L40S request: the only L40S node is excluded (its models are not known to the engine).
+    let mut l = req(GpuRequest::Exclusive { count: 1, linked: false });
+    l.constraints.gpu_models = vec!["L40S".into()];
+    let r = refused(e.place(&l, 0));
+    assert_eq!((r.count(RefusalReason::Excluded), r.count(RefusalReason::GpuModel)), (2, 2));
+
+    // A plan aimed at an excluded node does not commit.
+    let p = gantry_placement::Placement {
+        node: 1,
+        node_name: "bad-mig".into(),
+        gpus: vec![gantry_placement::GpuAssignment { gpu: 0, share: GpuShare::Whole }],
+    };
+    let err = e.commit(&whole, &p).unwrap_err().to_string();
+    assert!(err.contains("excluded"), "{err}");
+
+    // The snapshot hands excluded nodes back as they came, others with the commits.
+    let out = e.snapshot();
+    assert_eq!(out.nodes[1], snap.nodes[1]);
+    assert_eq!(out.nodes[2], snap.nodes[2]);
+    assert_eq!(out.nodes[0].gpus[0].mode, GpuMode::Exclusive { allocated: true });
+
+    // The one-shot `place` builds leniently too.
+    assert_eq!(place(&snap, &whole, Policy::Binpack, 0).unwrap().node_name, "good");
+}
+
+#[test]
+fn a_refusal_counts_one_excluded_node() {
+    let mig = GpuSnapshot::with_mode("T4", 15_360, GpuMode::Mig { instances: vec![] });
+    let mut down = node("down", vec![h100(None)]);
+    down.schedulable = false;
+    let snap = ClusterSnapshot { nodes: vec![node("t4", vec![mig]), down] };
+    let (e, excluded) = Engine::build(&snap, EngineConfig::default());
+    assert_eq!(excluded.len(), 1);
+    let r = refused(e.place(&req(GpuRequest::Exclusive { count: 1, linked: false }), 0));
+    assert_eq!((r.count(RefusalReason::Excluded), r.count(RefusalReason::NodeDown)), (1, 1));
+    assert_eq!(r.excluded, vec![format!("t4: {}", excluded[0].reason)]);
+    let msg = r.to_string();
+    assert!(
+        msg.ends_with(
+            "; 1 node is down or cordoned; 1 node is excluded: t4: GPU 0 (T4) is in MIG mode but T4 has no MIG \
+             geometry: MIG is not supported on this model, or its profile table is not known"
+        ),
+        "{msg}"
+    );
+}
+
+/// Model sets used to be a u64: a 65th model failed the engine. Now 256 are
+/// tracked, and a node that would add more is excluded, not fatal.
+#[test]
+fn many_gpu_models_and_the_model_limit() {
+    let limit = Engine::MAX_MODELS;
+    assert_eq!(limit, 256);
+    let cluster = |n: usize| ClusterSnapshot {
+        nodes: (0..n)
+            .map(|i| node(&format!("n{i}"), vec![GpuSnapshot::exclusive(&format!("M{i}"), 16_000)]))
+            .collect(),
+    };
+    let snap = cluster(100);
+    let e = Engine::new(&snap, EngineConfig::default()).unwrap();
+    let mut r = req(GpuRequest::Exclusive { count: 1, linked: false });
+    r.constraints.gpu_models = vec!["M99".into()];
+    assert_eq!(e.place(&r, 0).unwrap().node_name, "n99");
+
+    let snap = cluster(limit + 10);
+    assert!(Engine::new(&snap, EngineConfig::default()).is_err());
+    let (e, excluded) = Engine::build(&snap, EngineConfig::default());
+    assert_eq!(excluded.iter().map(|x| x.node).collect::<Vec<_>>(), (limit..limit + 10).collect::<Vec<_>>());
+    assert!(excluded[0].reason.contains("256 distinct models"), "{}", excluded[0].reason);
+    r.constraints.gpu_models = vec![format!("M{}", limit - 1)];
+    assert_eq!(e.place(&r, 0).unwrap().node_name, format!("n{}", limit - 1));
+    r.constraints.gpu_models = vec![format!("M{}", limit + 3)];
+    let refusal = refused(e.place(&r, 0));
+    assert_eq!(refusal.count(RefusalReason::Excluded), 10);
+    assert!(refusal.to_string().contains("10 nodes are excluded: "), "{refusal}");
+    assert!(refusal.to_string().contains("; and 7 more"), "{refusal}");
+    // Unconstrained work still goes anywhere but the excluded nodes.
+    let any = req(GpuRequest::Exclusive { count: 1, linked: false });
+    let p = e.place(&any, 5).unwrap();
+    assert!(p.node < limit, "{p:?}");
+}

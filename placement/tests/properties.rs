@@ -14,11 +14,12 @@ use gantry_placement::{
 };
 use proptest::prelude::*;
 
-const MODELS: [(&str, u64); 3] = [("A100-SXM4-40GB", 40_960), ("H100-80GB", 81_920), ("T4", 15_360)];
+const MODELS: [(&str, u64); 4] =
+    [("A100-SXM4-40GB", 40_960), ("H100-80GB", 81_920), ("T4", 15_360), ("A30-24GB", 24_576)];
 
 fn gpu() -> impl Strategy<Value = GpuSnapshot> {
     (
-        0..3usize,
+        0..MODELS.len(),
         0..4u8,
         prop::option::of(0..2u32),
         prop::bool::weighted(0.9),
@@ -31,10 +32,10 @@ fn gpu() -> impl Strategy<Value = GpuSnapshot> {
             let mode = match (mode, mig::table_for_model(model)) {
                 (0, _) => GpuMode::Exclusive { allocated: load < 40 },
                 (1, Some(table)) => {
-                    let mut layout = MigLayout::new();
+                    let mut layout = MigLayout::new(table);
                     let mut instances = Vec::new();
                     for k in 0..3 {
-                        let p = &table.profiles[((bits >> (8 * k)) % 7) as usize];
+                        let p = &table.profiles[((bits >> (8 * k)) % table.profiles.len() as u64) as usize];
                         let start = p.starts[((bits >> (8 * k + 4)) as usize) % p.starts.len()];
                         if (bits >> (40 + k)) & 1 == 1 && layout.place(p, start).is_ok() {
                             instances.push(MigInstanceSpec { profile: p.name.to_string(), start });
@@ -94,8 +95,9 @@ fn request() -> impl Strategy<Value = PlacementRequest> {
     let gpu = prop_oneof![
         Just(GpuRequest::None),
         (1..5u8, any::<bool>()).prop_map(|(count, linked)| GpuRequest::Exclusive { count, linked }),
-        (0..7usize, 0..3usize).prop_map(|(p, t)| GpuRequest::Mig {
-            profile: mig::TABLES[[0, 2, 1][t]].profiles[p].name.to_string()
+        (0..7usize, 0..4usize).prop_map(|(p, t)| {
+            let table = [&mig::A100_40GB, &mig::H100_80GB, &mig::A100_80GB, &mig::A30_24GB][t];
+            GpuRequest::Mig { profile: table.profiles[p % table.profiles.len()].name.to_string() }
         }),
         (1..=60u8, 1..20_000u64)
             .prop_map(|(compute_pct, memory_mib)| GpuRequest::Mps { compute_pct, memory_mib }),
@@ -342,7 +344,7 @@ fn check_capacity(snap: &ClusterSnapshot) -> Result<(), TestCaseError> {
                         compute += q.compute_slices;
                         me += u8::from(q.media_extensions);
                     }
-                    prop_assert!(compute <= 7 && me <= 1);
+                    prop_assert!(compute <= table.compute_slices && me <= 1);
                 }
             }
         }

@@ -23,7 +23,7 @@
 //! | share            | memory used                         | utilisation              |
 //! |------------------|-------------------------------------|--------------------------|
 //! | whole GPU        | 50 % of the GPU's memory            | 60 %                     |
-//! | MIG instance     | the profile's memory slices (n/8)   | 60 % × compute slices/7  |
+//! | MIG instance     | its memory slices / the model's     | 60 % × its compute slices / the model's |
 //! | MPS              | its `memory_mib`                    | 0.6 × `compute_pct`      |
 //! | shared           | its `memory_mib`                    | 20 %                     |
 //! | milli            | none                                | 0.06 × milli (60 % of its fraction) |
@@ -33,9 +33,10 @@
 //! # MIG and MPS
 //!
 //! MIG instances follow NVIDIA's placement tables
-//! ([`gantry_placement::mig`]): an unknown profile, a start the profile
-//! does not allow, or an overlap with an existing instance is refused with
-//! the geometry's error. Each GPU also models an MPS control daemon (start,
+//! ([`gantry_placement::mig`]), each with the model's own slice counts (8
+//! memory and 7 compute slices on an H100, 4 and 4 on an A30): an unknown
+//! profile, a start the profile does not allow, or an overlap with an
+//! existing instance is refused with the geometry's error. Each GPU also models an MPS control daemon (start,
 //! stop, client count), reported as `mps_clients`.
 
 use gantry_common::gpu_spec::{GpuGroup, GpuModel};
@@ -63,8 +64,9 @@ struct SimGpu {
     /// Memory the workloads use, as set by [`SimBackend::set_load`].
     load_memory_mib: u64,
     health: GpuHealth,
-    /// MIG instances (profile name, start) and their layout.
-    mig_layout: MigLayout,
+    /// MIG instances (profile name, start) and their layout (`None` until
+    /// the first instance, and for models without a MIG table).
+    mig_layout: Option<MigLayout>,
     mig_instances: Vec<(&'static str, u8)>,
     /// The modelled MPS control daemon: `Some(clients)` while it runs.
     mps_daemon: Option<u32>,
@@ -89,7 +91,7 @@ impl SimBackend {
                 utilization_pct: 0,
                 load_memory_mib: 0,
                 health: GpuHealth::Healthy,
-                mig_layout: MigLayout::new(),
+                mig_layout: None,
                 mig_instances: Vec::new(),
                 mps_daemon: None,
                 running: Vec::new(),
@@ -144,7 +146,7 @@ impl SimBackend {
             (true, MigMode::Enabled | MigMode::Disabled) | (false, MigMode::Unsupported) => {
                 gpu.mig_mode = mode;
                 if mode != MigMode::Enabled {
-                    gpu.mig_layout = MigLayout::new();
+                    gpu.mig_layout = None;
                     gpu.mig_instances.clear();
                 }
                 Ok(())
@@ -230,7 +232,8 @@ impl GpuBackend for SimBackend {
         })?;
         let p = table.profile(profile).map_err(|source| GpuError::MigGeometry { index, source })?;
         if !gpu.mig_instances.contains(&(p.name, start)) {
-            gpu.mig_layout.place(p, start).map_err(|source| GpuError::MigGeometry { index, source })?;
+            let layout = gpu.mig_layout.get_or_insert_with(|| MigLayout::new(table));
+            layout.place(p, start).map_err(|source| GpuError::MigGeometry { index, source })?;
             gpu.mig_instances.push((p.name, start));
         }
         Ok(mig_uuid(&node, index, p.name, start))
@@ -245,7 +248,11 @@ impl GpuBackend for SimBackend {
             });
         };
         let p = table.profile(profile).map_err(|source| GpuError::MigGeometry { index, source })?;
-        gpu.mig_layout.remove(p, start).map_err(|source| GpuError::MigGeometry { index, source })?;
+        let layout = gpu.mig_layout.as_mut().ok_or(GpuError::MigGeometry {
+            index,
+            source: mig::MigError::NotPlaced { profile: p.name, start },
+        })?;
+        layout.remove(p, start).map_err(|source| GpuError::MigGeometry { index, source })?;
         gpu.mig_instances.retain(|i| *i != (p.name, start));
         Ok(())
     }
@@ -320,31 +327,31 @@ fn memory_used_mib(g: &SimGpu) -> u64 {
 
 /// Utilisation: the set load plus the running shares, capped at 100 %.
 fn utilization_pct(g: &SimGpu) -> u32 {
-    let shares: f64 = g.running.iter().map(share_utilization_pct).sum();
+    let shares: f64 = g.running.iter().map(|s| share_utilization_pct(&g.model, s)).sum();
     (f64::from(g.utilization_pct) + shares).round().min(100.0) as u32
 }
 
 fn share_memory_mib(model: &GpuModel, share: &GpuShare) -> u64 {
     match share {
         GpuShare::Whole => (model.memory_total_mib as f64 * WHOLE_MEMORY_FRACTION) as u64,
-        GpuShare::Mig { profile, .. } => {
-            mig::table_for_model(&model.name).and_then(|t| t.profile(profile).ok()).map_or(0, |p| {
-                model.memory_total_mib * u64::from(p.memory_slices) / u64::from(mig::MEMORY_SLICES)
-            })
-        }
+        GpuShare::Mig { profile, .. } => mig::table_for_model(&model.name)
+            .and_then(|t| Some((t, t.profile(profile).ok()?)))
+            .map_or(0, |(t, p)| {
+                model.memory_total_mib * u64::from(p.memory_slices) / u64::from(t.memory_slices.max(1))
+            }),
         GpuShare::Mps { memory_mib, .. } | GpuShare::Shared { memory_mib } => *memory_mib,
         GpuShare::Milli { .. } => 0,
     }
 }
 
-fn share_utilization_pct(share: &GpuShare) -> f64 {
+fn share_utilization_pct(model: &GpuModel, share: &GpuShare) -> f64 {
     match share {
         GpuShare::Whole => BUSY_PCT,
-        GpuShare::Mig { profile, .. } => {
-            // The compute slices are the digit before the `g`.
-            let slices = profile.split('g').next().and_then(|n| n.parse::<f64>().ok()).unwrap_or(1.0);
-            BUSY_PCT * slices / f64::from(mig::COMPUTE_SLICES)
-        }
+        GpuShare::Mig { profile, .. } => mig::table_for_model(&model.name)
+            .and_then(|t| Some((t, t.profile(profile).ok()?)))
+            .map_or(0.0, |(t, p)| {
+                BUSY_PCT * f64::from(p.compute_slices) / f64::from(t.compute_slices.max(1))
+            }),
         GpuShare::Mps { compute_pct, .. } => BUSY_PCT / 100.0 * f64::from(*compute_pct),
         GpuShare::Shared { .. } => SHARED_PCT,
         GpuShare::Milli { milli } => BUSY_PCT / 1000.0 * f64::from(*milli),
@@ -667,6 +674,36 @@ mod tests {
         b.set_load(0, 0, 0).unwrap();
         let t = b.sample().unwrap();
         assert!(t.iter().all(|g| g.utilization_pct == 0 && g.memory_used_mib == reserve), "{t:?}");
+    }
+
+    #[test]
+    fn a30_mig_uses_its_four_slice_geometry() {
+        let mut b = sim("node-a", "1xA30-24GB");
+        enable_mig(&mut b, 0);
+        b.open_mig(0, "2g.12gb", 0).unwrap();
+        // An A100 would take a 2g at slice 4; an A30 has 4 memory slices.
+        let err = b.open_mig(0, "2g.12gb", 4).unwrap_err();
+        assert!(err.to_string().contains("cannot start at memory slice 4"), "{err}");
+        b.open_mig(0, "1g.6gb", 2).unwrap();
+        b.open_mig(0, "1g.6gb+me", 3).unwrap();
+        assert!(b.open_mig(0, "1g.6gb", 1).unwrap_err().to_string().contains("overlaps"));
+        let unknown = b.open_mig(0, "1g.5gb", 0).unwrap_err().to_string();
+        assert!(unknown.contains("does not exist on A30-24GB"), "{unknown}");
+        b.close_mig(0, "1g.6gb", 2).unwrap();
+        assert!(b.close_mig(0, "1g.6gb", 2).is_err());
+        let running = Running {
+            shares: vec![(0, GpuShare::Mig { profile: "2g.12gb".into(), start: 0 })],
+            mps_clients: BTreeMap::new(),
+        };
+        b.set_running(&running);
+        let t = &b.sample().unwrap()[0];
+        // 2 of 4 memory slices, 2 of 4 compute slices (60 % x 2/4).
+        assert_eq!(t.memory_used_mib, driver_reserve_mib(24_576) + 24_576 / 2);
+        assert_eq!(t.utilization_pct, 30);
+        // Turning MIG off drops the layout; a fresh one starts empty.
+        b.set_mig_mode(0, MigMode::Disabled).unwrap();
+        enable_mig(&mut b, 0);
+        b.open_mig(0, "4g.24gb", 0).unwrap();
     }
 
     #[test]
