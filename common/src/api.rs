@@ -116,10 +116,21 @@ pub struct WorkloadView {
     pub healthy: u32,
     /// Replicas with no placement yet.
     pub pending: u32,
-    /// `running` (all replicas healthy or running), `deploying`, `pending`, `degraded`, `stopping`.
+    /// `running` (all replicas healthy or running), `deploying`, `pending`,
+    /// `crash-looping`, `start-failed`, `failed`, `completed`, `degraded`, `stopping`.
     pub status: String,
     /// Why replicas are pending, when some are.
     pub pending_reason: Option<String>,
+    /// Why the status is not `running`, for a person: the pending reason, or
+    /// a failing replica and what its agent said.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Replicas of the current version that finished: exited 0, or failed
+    /// for good by their restart policy.
+    #[serde(default)]
+    pub completed: u32,
+    #[serde(default)]
+    pub failed: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -148,8 +159,20 @@ pub struct AllocView {
     pub ports: BTreeMap<String, u16>,
     /// `ADDRESS:PORT` of the first port, when the replica runs.
     pub endpoint: Option<String>,
-    /// The agent's HTTP listener, which serves this allocation's logs.
+    /// The agent's HTTP listener (metrics), empty when off.
     pub agent_http: String,
+    /// Exit code of the last run, when it exited with one.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Failed runs or starts in a row since the last stable run.
+    #[serde(default)]
+    pub failures: u32,
+    /// The last start failed before the workload ran (image, command, port, GPU).
+    #[serde(default)]
+    pub start_failed: bool,
+    /// Failing again and again without a stable run.
+    #[serde(default)]
+    pub crash_looping: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

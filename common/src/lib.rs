@@ -6,7 +6,8 @@
 //! - [`workload`]: workload specs (and their TOML file), allocations, agent reports.
 //! - [`api`]: operator requests and the views they return (admin socket, remote API, forwarding).
 //! - [`identity`]: roles, ALPN names, and the identity a certificate proves.
-//! - [`wire`]: length-prefixed postcard frames and the QUIC messages.
+//! - [`schema`]: the encoding of everything stored or sent (named MessagePack), its rules and versions.
+//! - [`wire`]: length-prefixed frames and the QUIC messages.
 //! - [`tls`]: cluster CA, certificate issuance, rustls/quinn configs that check roles.
 //! - [`gpu_spec`]: parsing `8xH100-80GB,2xL4-24GB` into simulated GPU descriptions.
 //! - [`rpc`]: one request/response per QUIC stream, the hello exchange, failure classes.
@@ -30,6 +31,7 @@ pub mod logging;
 pub mod model;
 pub mod reload;
 pub mod rpc;
+pub mod schema;
 pub mod shutdown;
 pub mod systemd;
 pub mod tls;

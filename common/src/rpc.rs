@@ -11,7 +11,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::wire::frame::{read_hello_frame, write_hello_frame};
 use crate::wire::{read_frame, write_frame, FrameError, Hello, HelloReply, PROTOCOL_VERSION};
+
+/// Largest hello frame either side accepts.
+const MAX_HELLO: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
@@ -55,7 +59,7 @@ pub async fn connect(
         Ok(Err(e)) => return Err(classify_connection_error(addr, e)),
         Ok(Ok(conn)) => conn,
     };
-    let reply: HelloReply = call(&conn, addr, &Hello::current(software), 64 * 1024, timeout).await?;
+    let reply = send_hello(&conn, addr, &Hello::current(software), timeout).await?;
     if let HelloReply::VersionMismatch { ours, theirs, software } = &reply {
         conn.close(0u32.into(), b"protocol version mismatch");
         // From our side: we speak `theirs` (what we sent), the peer speaks `ours`.
@@ -123,6 +127,38 @@ where
         .unwrap_or_else(|_| Err(RpcError::Timeout { addr: addr.to_string(), after: timeout }))
 }
 
+/// Client side of the first stream (done by [`connect`]): the hello frames are postcard, which
+/// every protocol version reads (see [`crate::schema`]).
+pub async fn send_hello(
+    conn: &quinn::Connection,
+    addr: &str,
+    hello: &Hello,
+    timeout: Duration,
+) -> Result<HelloReply, RpcError> {
+    let frame = |source| RpcError::Frame { addr: addr.to_string(), source };
+    let work = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify_connection_error(addr, e))?;
+        write_hello_frame(&mut send, hello, MAX_HELLO).await.map_err(frame)?;
+        send.finish().map_err(|e| RpcError::Stream { addr: addr.to_string(), reason: e.to_string() })?;
+        match read_hello_frame::<HelloReply, _>(&mut recv, MAX_HELLO).await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => Err(RpcError::Stream {
+                addr: addr.to_string(),
+                reason: refusal_reason(conn)
+                    .unwrap_or_else(|| "peer closed the stream without answering".into()),
+            }),
+            Err(FrameError::Io(e)) => Err(match refusal_reason(conn) {
+                Some(reason) => RpcError::Refused { addr: addr.to_string(), reason },
+                None => RpcError::Stream { addr: addr.to_string(), reason: e.to_string() },
+            }),
+            Err(source) => Err(frame(source)),
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(RpcError::Timeout { addr: addr.to_string(), after: timeout }))
+}
+
 /// Server side of the first stream: reads the peer's [`Hello`] and answers it.
 /// Returns `Ok(true)` when the versions match.
 pub async fn answer_hello(
@@ -134,7 +170,7 @@ pub async fn answer_hello(
     let addr = conn.remote_address().to_string();
     let work = async {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| classify_connection_error(&addr, e))?;
-        let hello: Hello = read_frame(&mut recv, 64 * 1024)
+        let hello: Hello = read_hello_frame(&mut recv, MAX_HELLO)
             .await
             .map_err(|source| RpcError::Frame { addr: addr.clone(), source })?
             .ok_or_else(|| RpcError::Stream { addr: addr.clone(), reason: "no hello".into() })?;
@@ -148,7 +184,7 @@ pub async fn answer_hello(
                 software: software.to_string(),
             }
         };
-        write_frame(&mut send, &reply, 64 * 1024)
+        write_hello_frame(&mut send, &reply, MAX_HELLO)
             .await
             .map_err(|source| RpcError::Frame { addr: addr.clone(), source })?;
         let _ = send.finish();

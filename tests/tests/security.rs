@@ -115,11 +115,16 @@ fn coordinator_refuses_clients_it_must_not_serve() -> anyhow::Result<()> {
         let ep = endpoint()?;
         let conn = ep.connect_with(tls::client_config(&id, ALPN_AGENT)?, addr.parse()?, COORDINATOR_SERVER_NAME)?.await?;
         let hello = Hello { protocol_version: PROTOCOL_VERSION + 1, software: "future".into() };
-        let reply: HelloReply = rpc::call(&conn, &addr, &hello, 64 * 1024, T).await?;
+        let reply: HelloReply = rpc::send_hello(&conn, &addr, &hello, T).await?;
         assert!(
             matches!(reply, HelloReply::VersionMismatch { ours, theirs, .. } if ours == PROTOCOL_VERSION && theirs == PROTOCOL_VERSION + 1),
             "{reply:?}"
         );
+        // An agent of protocol 1 (postcard messages, c6cdaa7) is told the same way.
+        let conn = ep.connect_with(tls::client_config(&id, ALPN_AGENT)?, addr.parse()?, COORDINATOR_SERVER_NAME)?.await?;
+        let hello = Hello { protocol_version: 1, software: "gantry-agent 0.1.0".into() };
+        let reply: HelloReply = rpc::send_hello(&conn, &addr, &hello, T).await?;
+        assert!(matches!(reply, HelloReply::VersionMismatch { theirs: 1, .. }), "{reply:?}");
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(())

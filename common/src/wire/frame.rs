@@ -1,7 +1,8 @@
-//! Length-prefixed postcard frames.
+//! Length-prefixed frames.
 //!
-//! A frame is a 4-byte big-endian length followed by that many bytes of
-//! postcard. The length is checked against the caller's limit before any
+//! A frame is a 4-byte big-endian length followed by that many bytes of a
+//! message in the [`crate::schema`] encoding (the hello exchange alone uses
+//! postcard: [`read_hello_frame`], [`write_hello_frame`]). The length is checked against the caller's limit before any
 //! buffer grows, so a peer cannot make us allocate more than the limit. An
 //! incomplete frame is not an error ("read more"); a clean end of stream
 //! before the first byte of a frame is `Ok(None)`, an end in the middle of one
@@ -10,6 +11,8 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::schema::{self, SchemaError};
 
 /// Bytes in the length prefix.
 pub const HEADER_LEN: usize = 4;
@@ -24,9 +27,11 @@ pub enum FrameError {
     #[error("stream ended in the middle of a frame ({got} of {expected} bytes)")]
     Truncated { got: usize, expected: usize },
     #[error("frame does not decode as the expected message: {0}")]
-    Decode(#[source] postcard::Error),
+    Decode(#[source] SchemaError),
     #[error("message does not encode: {0}")]
-    Encode(#[source] postcard::Error),
+    Encode(#[source] SchemaError),
+    #[error("hello frame does not decode: {0}")]
+    Hello(#[source] postcard::Error),
     #[error("i/o error on stream: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -34,7 +39,19 @@ pub enum FrameError {
 /// Encodes `msg` as one frame (prefix + body).
 pub fn encode<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
     // Serialise behind a placeholder header, then fill the header in.
-    let mut out = postcard::to_extend(msg, vec![0u8; HEADER_LEN]).map_err(FrameError::Encode)?;
+    let mut out = vec![0u8; HEADER_LEN];
+    schema::encode_into(msg, &mut out).map_err(FrameError::Encode)?;
+    seal(out, max)
+}
+
+/// Encodes a hello frame (postcard, readable by every protocol version).
+pub fn encode_hello<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
+    let out = postcard::to_extend(msg, vec![0u8; HEADER_LEN]).map_err(FrameError::Hello)?;
+    seal(out, max)
+}
+
+/// Fills in the length prefix of `out` (a placeholder header, then the body).
+fn seal(mut out: Vec<u8>, max: usize) -> Result<Vec<u8>, FrameError> {
     let body = out.len() - HEADER_LEN;
     if body > max {
         return Err(FrameError::TooLarge { len: body, max });
@@ -56,7 +73,7 @@ pub fn decode<T: DeserializeOwned>(buf: &[u8], max: usize) -> Result<Option<(T, 
     if buf.len() < end {
         return Ok(None);
     }
-    let msg = postcard::from_bytes(&buf[HEADER_LEN..end]).map_err(FrameError::Decode)?;
+    let msg = schema::decode(&buf[HEADER_LEN..end]).map_err(FrameError::Decode)?;
     Ok(Some((msg, end)))
 }
 
@@ -78,6 +95,40 @@ fn peek_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
 pub async fn read_frame<T, R>(reader: &mut R, max: usize) -> Result<Option<T>, FrameError>
 where
     T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
+    match read_frame_bytes(reader, max).await? {
+        None => Ok(None),
+        Some(body) => schema::decode(&body).map(Some).map_err(FrameError::Decode),
+    }
+}
+
+/// Reads one hello frame (postcard). `Ok(None)` on a clean end of stream.
+pub async fn read_hello_frame<T, R>(reader: &mut R, max: usize) -> Result<Option<T>, FrameError>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
+    match read_frame_bytes(reader, max).await? {
+        None => Ok(None),
+        Some(body) => postcard::from_bytes(&body).map(Some).map_err(FrameError::Hello),
+    }
+}
+
+/// Writes one hello frame (postcard).
+pub async fn write_hello_frame<T, W>(writer: &mut W, msg: &T, max: usize) -> Result<(), FrameError>
+where
+    T: Serialize,
+    W: AsyncWrite + Unpin,
+{
+    let bytes = encode_hello(msg, max)?;
+    writer.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// Reads one frame's body, undecoded. `Ok(None)` on a clean end of stream.
+pub async fn read_frame_bytes<R>(reader: &mut R, max: usize) -> Result<Option<Vec<u8>>, FrameError>
+where
     R: AsyncRead + Unpin,
 {
     let mut header = [0u8; HEADER_LEN];
@@ -103,7 +154,7 @@ where
         }
         got += n;
     }
-    postcard::from_bytes(&body).map(Some).map_err(FrameError::Decode)
+    Ok(Some(body))
 }
 
 /// Writes one frame to a stream.

@@ -11,9 +11,13 @@ use crate::model::{GpuTelemetry, HostTelemetry, NodeInfo};
 use crate::workload::{AllocReport, DesiredAlloc};
 
 /// Version of the wire protocol. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 1: postcard messages (c6cdaa7 and before). 2: [`crate::schema`]'s named
+/// encoding; the hello frames stay postcard so that either side can read the
+/// other's version and refuse it clearly.
+pub const PROTOCOL_VERSION: u32 = 2;
 
-/// First frame on every connection.
+/// First frame on every connection (postcard, in every protocol version).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     pub protocol_version: u32,
@@ -241,6 +245,9 @@ mod tests {
             message: String::new(),
             ports: BTreeMap::from([("http".into(), 20001)]),
             devices: vec!["MIG-1".into()],
+            exit_code: None,
+            failures: 0,
+            start_failed: false,
         };
         round_trip(AgentResponse::Allocs {
             index: 9,
@@ -256,6 +263,9 @@ mod tests {
                 message: "exit 1".into(),
                 ports: BTreeMap::new(),
                 devices: vec![],
+                exit_code: Some(1),
+                failures: 2,
+                start_failed: false,
             }],
         });
         round_trip(ApiCall(ApiRequest::SubmitWorkload { spec: Box::new(spec) }));

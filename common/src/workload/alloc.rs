@@ -45,6 +45,9 @@ pub enum ActualState {
     Stopped,
     /// Its node went down: the replica is replaced elsewhere.
     Lost,
+    /// Exited with status 0 and, by its restart policy, done: its slot is
+    /// filled and it is not placed again.
+    Completed,
 }
 
 impl ActualState {
@@ -57,12 +60,23 @@ impl ActualState {
             ActualState::Failed => "failed",
             ActualState::Stopped => "stopped",
             ActualState::Lost => "lost",
+            ActualState::Completed => "completed",
         }
     }
 
     /// Nothing of it runs any more and nothing will (for this allocation).
     pub fn is_terminal(self) -> bool {
-        matches!(self, ActualState::Failed | ActualState::Stopped | ActualState::Lost)
+        matches!(
+            self,
+            ActualState::Failed | ActualState::Stopped | ActualState::Lost | ActualState::Completed
+        )
+    }
+
+    /// It ended on its own and its restart policy keeps it ended: the
+    /// replica is done (`completed`, or `failed` for good). Such a replica
+    /// keeps its slot; it is neither replaced nor moved.
+    pub fn is_finished(self) -> bool {
+        matches!(self, ActualState::Failed | ActualState::Completed)
     }
 }
 
@@ -135,7 +149,20 @@ pub struct Allocation {
     pub ports: BTreeMap<String, u16>,
     /// Device ids handed to the workload (`GPU-…` or `MIG-…` UUIDs).
     pub devices: Vec<String>,
+    /// Exit code of its last run, when it exited with one.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Failed runs or starts in a row since its last stable run; the agent
+    /// calls [`CRASH_LOOP_FAILURES`] or more a crash loop.
+    #[serde(default)]
+    pub failures: u32,
+    /// Its last start failed before the workload ran (image, command, port, GPU).
+    #[serde(default)]
+    pub start_failed: bool,
 }
+
+/// Failures in a row (without a stable run between) that make a crash loop.
+pub const CRASH_LOOP_FAILURES: u32 = 3;
 
 /// A replica placement, as the scheduler proposes it and an allocation starts from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -171,7 +198,22 @@ impl Allocation {
             message: String::new(),
             ports: BTreeMap::new(),
             devices: Vec::new(),
+            exit_code: None,
+            failures: 0,
+            start_failed: false,
         }
+    }
+
+    /// Whether it fills its replica slot: meant to run, and either running
+    /// (or on its way) or finished by its restart policy. One its agent
+    /// stopped, or lost with its node, leaves the slot free.
+    pub fn fills_slot(&self) -> bool {
+        self.desired == DesiredState::Run && !matches!(self.actual, ActualState::Stopped | ActualState::Lost)
+    }
+
+    /// Whether it is crash-looping: failing again and again without a stable run.
+    pub fn is_crash_looping(&self) -> bool {
+        self.failures >= CRASH_LOOP_FAILURES && !self.actual.is_terminal()
     }
 
     /// Whether the allocation still holds its resources: it is meant to run,
@@ -198,6 +240,12 @@ pub struct AllocReport {
     pub message: String,
     pub ports: BTreeMap<String, u16>,
     pub devices: Vec<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default)]
+    pub start_failed: bool,
 }
 
 impl AllocReport {
@@ -209,6 +257,9 @@ impl AllocReport {
         a.message.clone_from(&self.message);
         a.ports.clone_from(&self.ports);
         a.devices.clone_from(&self.devices);
+        a.exit_code = self.exit_code;
+        a.failures = self.failures;
+        a.start_failed = self.start_failed;
     }
 
     /// Whether this report says something the allocation does not already hold.
@@ -219,5 +270,8 @@ impl AllocReport {
             || self.message != a.message
             || self.ports != a.ports
             || self.devices != a.devices
+            || self.exit_code != a.exit_code
+            || self.failures != a.failures
+            || self.start_failed != a.start_failed
     }
 }

@@ -15,6 +15,7 @@ pub mod spec_file;
 
 pub use alloc::{
     ActualState, AllocGpu, AllocReport, Allocation, DesiredAlloc, DesiredState, HealthState, NewAlloc,
+    CRASH_LOOP_FAILURES,
 };
 pub use spec::{HealthCheck, PortSpec, RestartMode, RestartPolicy, RuntimeSpec, SpecError, WorkloadSpec};
 pub use spec_file::parse_workload_toml;

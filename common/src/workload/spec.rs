@@ -59,6 +59,10 @@ pub struct WorkloadSpec {
     pub health: Option<HealthCheck>,
     /// How long a replica gets between SIGTERM and SIGKILL.
     pub stop_grace_ms: u64,
+    /// `process` runtime: the user to run as; `None` is the agent's default
+    /// workload user. An agent refuses a user it does not allow.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// How replicas run on the agent.

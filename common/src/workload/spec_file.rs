@@ -82,6 +82,7 @@ struct File {
     constraints: FileConstraints,
     health: Option<FileHealth>,
     restart: Option<FileRestart>,
+    user: Option<String>,
 }
 
 fn one() -> u32 {
@@ -256,6 +257,7 @@ fn translate(f: File) -> Result<WorkloadSpec, SpecError> {
         policy,
         health,
         stop_grace_ms: millis("stop_grace_s", f.stop_grace_s.unwrap_or(10.0))?,
+        user: f.user,
     })
 }
 

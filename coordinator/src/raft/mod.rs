@@ -6,6 +6,7 @@
 //! - [`log_store`]: the Raft log and vote in redb.
 //! - [`state_machine`]: applies committed `Command`s to `State` and keeps it (and snapshots) in redb.
 //! - [`store`]: opens the one redb file that holds both.
+//! - `migrate`: rewrites a store of the previous format when it is opened.
 //! - [`network`]: Raft RPCs over QUIC (`gantry-raft/1`).
 //! - [`watchdog`]: forces an election when no leader is seen for too long.
 //! - [`handoff`]: what a leader does before it stops, so the next one has every entry.
@@ -17,6 +18,7 @@ use crate::state::{Command, CommandResponse};
 
 pub mod handoff;
 pub mod log_store;
+mod migrate;
 pub mod network;
 pub mod rejoin;
 pub mod state_machine;

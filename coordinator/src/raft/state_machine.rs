@@ -14,8 +14,8 @@
 //! it is on disk; that is safe because those entries are committed, so they
 //! are durable in the log and would be applied again after a crash.
 //!
-//! A snapshot is the same encoding as the persisted state machine: postcard of
-//! (last applied, last membership, [`State`]).
+//! A snapshot is the same encoding as the persisted state machine: the
+//! [`gantry_common::schema`] encoding of (last applied, last membership, [`State`]).
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -268,10 +268,10 @@ const SNAPSHOT_DATA_KEY: &str = "snapshot_data";
 
 /// What the state machine keeps: the persisted record and a snapshot's data.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Applied {
-    last_applied: Option<LogId<NodeId>>,
-    last_membership: StoredMembership<NodeId, BasicNode>,
-    state: State,
+pub(crate) struct Applied {
+    pub(crate) last_applied: Option<LogId<NodeId>>,
+    pub(crate) last_membership: StoredMembership<NodeId, BasicNode>,
+    pub(crate) state: State,
 }
 
 impl Applied {

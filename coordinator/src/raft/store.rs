@@ -5,13 +5,18 @@
 //! | table           | key             | value                                              |
 //! |-----------------|-----------------|----------------------------------------------------|
 //! | `raft_meta`     | `format`        | [`FORMAT`], checked on open                        |
-//! |                 | `vote`          | postcard `Vote`                                    |
-//! |                 | `committed`     | postcard `LogId` (absent: none)                    |
-//! |                 | `last_purged`   | postcard `LogId` (absent: none)                    |
-//! | `raft_log`      | log index (u64) | postcard `Entry<TypeConfig>`                       |
-//! | `state_machine` | `machine`       | postcard (last applied, last membership, `State`)  |
-//! |                 | `snapshot_meta` | postcard `SnapshotMeta` of the current snapshot    |
+//! |                 | `vote`          | `Vote`                                             |
+//! |                 | `committed`     | `LogId` (absent: none)                             |
+//! |                 | `last_purged`   | `LogId` (absent: none)                             |
+//! | `raft_log`      | log index (u64) | `Entry<TypeConfig>`                                |
+//! | `state_machine` | `machine`       | (last applied, last membership, `State`)           |
+//! |                 | `snapshot_meta` | `SnapshotMeta` of the current snapshot             |
 //! |                 | `snapshot_data` | the snapshot's bytes (same encoding as `machine`)  |
+//!
+//! Values are in the [`gantry_common::schema`] encoding (named fields and
+//! variants). A file of the previous format, `gantry-raft-store/1`
+//! (postcard), is migrated when it is opened ([`super::migrate`]): every
+//! record is rewritten in one transaction, so a crash leaves the old file.
 //!
 //! A redb write transaction is durable when `commit` returns (the default
 //! `Durability::Immediate` fsyncs), so every trait method that must persist
@@ -21,6 +26,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use gantry_common::schema::{self, SchemaError};
 use openraft::{AnyError, StorageError, StorageIOError};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -30,8 +36,11 @@ use super::log_store::LogStore;
 use super::state_machine::StateMachineStore;
 use super::NodeId;
 
-/// What `raft_meta/format` must hold; bump it when an encoding changes.
-pub const FORMAT: &str = "gantry-raft-store/1";
+/// What `raft_meta/format` must hold; bump it (with a migration) when an
+/// encoding changes incompatibly.
+pub const FORMAT: &str = "gantry-raft-store/2";
+/// The postcard format of c6cdaa7 and before, migrated on open.
+pub const FORMAT_V1: &str = "gantry-raft-store/1";
 
 /// Why the store file could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -53,14 +62,14 @@ pub enum StoreError {
         path: PathBuf,
         what: &'static str,
         #[source]
-        source: postcard::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("raft store {}: {what} cannot be encoded: {source}", path.display())]
     Encode {
         path: PathBuf,
         what: &'static str,
         #[source]
-        source: postcard::Error,
+        source: SchemaError,
     },
     #[error("raft store {}: file format is {found:?}, this build reads {FORMAT:?}", path.display())]
     Format { path: PathBuf, found: String },
@@ -97,9 +106,11 @@ pub(crate) enum Fault {
     #[error("redb: {0}")]
     Db(Box<redb::Error>),
     #[error("{what} cannot be decoded: {source}")]
-    Decode { what: &'static str, source: postcard::Error },
+    Decode { what: &'static str, source: SchemaError },
+    #[error("{what} (format 1) cannot be decoded: {source}")]
+    DecodeV1 { what: &'static str, source: postcard::Error },
     #[error("{what} cannot be encoded: {source}")]
-    Encode { what: &'static str, source: postcard::Error },
+    Encode { what: &'static str, source: SchemaError },
     #[error("{0}")]
     Invalid(String),
     #[error("found format {0:?}")]
@@ -117,7 +128,8 @@ impl Fault {
         let path = path.to_path_buf();
         match self {
             Fault::Db(source) => StoreError::Database { path, source },
-            Fault::Decode { what, source } => StoreError::Corrupt { path, what, source },
+            Fault::Decode { what, source } => StoreError::Corrupt { path, what, source: Box::new(source) },
+            Fault::DecodeV1 { what, source } => StoreError::Corrupt { path, what, source: Box::new(source) },
             Fault::Encode { what, source } => StoreError::Encode { path, what, source },
             Fault::Invalid(reason) => StoreError::Invalid { path, reason },
             Fault::Format(found) => StoreError::Format { path, found },
@@ -143,11 +155,11 @@ fault_from_redb!(
 );
 
 pub(crate) fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, Fault> {
-    postcard::to_allocvec(value).map_err(|source| Fault::Encode { what, source })
+    schema::encode(value).map_err(|source| Fault::Encode { what, source })
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Fault> {
-    postcard::from_bytes(bytes).map_err(|source| Fault::Decode { what, source })
+    schema::decode(bytes).map_err(|source| Fault::Decode { what, source })
 }
 
 /// Runs blocking redb work on tokio's blocking pool. `on_error` names the
@@ -173,17 +185,27 @@ where
 fn init_tables(db: &Database) -> Result<(), Fault> {
     let txn = db.begin_write()?;
     {
-        let mut meta = txn.open_table(META)?;
+        let meta = txn.open_table(META)?;
         let found = meta.get("format")?.map(|v| String::from_utf8_lossy(v.value()).into_owned());
-        match found {
-            Some(found) if found != FORMAT => return Err(Fault::Format(found)),
-            Some(_) => {}
-            None => {
-                meta.insert("format", FORMAT.as_bytes())?;
-            }
-        }
+        drop(meta);
         txn.open_table(LOG)?;
         txn.open_table(MACHINE)?;
+        match found.as_deref() {
+            Some(FORMAT) => {}
+            Some(FORMAT_V1) => {
+                let counts = super::migrate::from_v1(&txn)?;
+                tracing::info!(
+                    entries = counts.entries,
+                    snapshot = counts.snapshot,
+                    "raft store migrated from {FORMAT_V1} to {FORMAT}"
+                );
+                txn.open_table(META)?.insert("format", FORMAT.as_bytes())?;
+            }
+            Some(other) => return Err(Fault::Format(other.to_string())),
+            None => {
+                txn.open_table(META)?.insert("format", FORMAT.as_bytes())?;
+            }
+        }
     }
     txn.commit()?;
     Ok(())
