@@ -122,7 +122,7 @@ async fn exit_codes_and_a_fresh_runtime_finds_the_process() {
         status != Status::Running
     })
     .await;
-    assert_eq!(status, Status::Exited { success: Some(false), message: "exit code 3".into() });
+    assert_eq!(status, Status::Exited { code: Some(3), message: "exit code 3".into() });
 
     // A second runtime (a restarted agent) only has the handle: it sees the
     // process running and, once it ends, an unknown exit status.
@@ -132,7 +132,7 @@ async fn exit_codes_and_a_fresh_runtime_finds_the_process() {
     // A handle whose start time does not match (a reused pid) is not running, and is not signalled.
     let Handle::Process { pid, start_ticks } = long.clone() else { panic!() };
     let imposter = Handle::Process { pid, start_ticks: start_ticks + 1 };
-    assert!(matches!(fresh.status(&imposter).await.unwrap(), Status::Exited { success: None, .. }));
+    assert!(matches!(fresh.status(&imposter).await.unwrap(), Status::Exited { code: None, .. }));
     fresh.stop(&imposter, Duration::from_millis(100)).await.unwrap();
     assert_eq!(fresh.status(&long).await.unwrap(), Status::Running);
     fresh.stop(&long, Duration::from_secs(5)).await.unwrap();

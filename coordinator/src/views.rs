@@ -17,31 +17,41 @@ pub fn workload_detail(state: &State, name: &str) -> Option<WorkloadDetail> {
 
 fn workload_view(state: &State, name: &str, w: &WorkloadRecord) -> WorkloadView {
     let current: Vec<&Allocation> =
-        state.allocs_of(name).filter(|a| a.desired == DesiredState::Run && a.version == w.version).collect();
-    let running = current.iter().filter(|a| a.actual == ActualState::Running).count() as u32;
-    let healthy = current
-        .iter()
-        .filter(|a| a.actual == ActualState::Running && a.health == HealthState::Healthy)
-        .count() as u32;
-    let failed = current.iter().any(|a| a.actual == ActualState::Failed);
-    let placed = state
-        .allocs_of(name)
-        .filter(|a| a.desired == DesiredState::Run && a.replica < w.spec.replicas)
-        .count() as u32;
+        state.allocs_of(name).filter(|a| a.fills_slot() && a.version == w.version).collect();
+    let count = |f: &dyn Fn(&Allocation) -> bool| current.iter().filter(|a| f(a)).count() as u32;
+    let running = count(&|a| a.actual == ActualState::Running);
+    let healthy = count(&|a| a.actual == ActualState::Running && a.health == HealthState::Healthy);
+    let completed = count(&|a| a.actual == ActualState::Completed);
+    let failed = count(&|a| a.actual == ActualState::Failed);
+    let placed =
+        state.allocs_of(name).filter(|a| a.fills_slot() && a.replica < w.spec.replicas).count() as u32;
     let pending = w.spec.replicas.saturating_sub(placed);
     let ready = if w.spec.health.is_some() { healthy } else { running };
-    let status = if w.stopping {
-        "stopping"
-    } else if failed {
-        "degraded"
-    } else if ready >= w.spec.replicas {
-        "running"
-    } else if w.pending_reason.is_some() {
-        "pending"
+    let first = |f: &dyn Fn(&Allocation) -> bool| current.iter().find(|a| f(a)).copied();
+    let (status, reason) = if w.stopping {
+        ("stopping", None)
+    } else if let Some(a) = first(&|a| a.actual == ActualState::Failed) {
+        (
+            "failed",
+            Some(format!("replica {} failed and is not restarted (restart policy): {}", a.id, says(a))),
+        )
+    } else if let Some(a) = first(&|a| a.start_failed && a.actual != ActualState::Running) {
+        ("start-failed", Some(format!("replica {} cannot start: {}", a.id, says(a))))
+    } else if let Some(a) = first(&|a| a.is_crash_looping() && a.actual != ActualState::Running) {
+        ("crash-looping", Some(format!("replica {} failed {} times in a row: {}", a.id, a.failures, says(a))))
+    } else if completed >= w.spec.replicas {
+        ("completed", None)
+    } else if ready + completed >= w.spec.replicas {
+        ("running", None)
+    } else if let Some(reason) = &w.pending_reason {
+        ("pending", Some(reason.clone()))
     } else if running < current.len() as u32 || pending > 0 || current.len() < w.spec.replicas as usize {
-        "deploying"
+        ("deploying", None)
     } else {
-        "degraded"
+        (
+            "degraded",
+            first(&|a| a.health == HealthState::Unhealthy).map(|a| format!("replica {} is unhealthy", a.id)),
+        )
     };
     WorkloadView {
         name: name.to_string(),
@@ -55,6 +65,18 @@ fn workload_view(state: &State, name: &str, w: &WorkloadRecord) -> WorkloadView 
         pending,
         status: status.to_string(),
         pending_reason: w.pending_reason.clone(),
+        reason,
+        completed,
+        failed,
+    }
+}
+
+/// What an allocation's agent last said of it, never empty.
+fn says(a: &Allocation) -> String {
+    if a.message.is_empty() {
+        "no message".into()
+    } else {
+        a.message.clone()
     }
 }
 
@@ -96,6 +118,10 @@ pub fn alloc_views(state: &State, workload: Option<&str>) -> Vec<AllocView> {
                 ports: a.ports.clone(),
                 endpoint,
                 agent_http: node.map(|n| n.info.http_addr.clone()).unwrap_or_default(),
+                exit_code: a.exit_code,
+                failures: a.failures,
+                start_failed: a.start_failed,
+                crash_looping: a.is_crash_looping(),
             }
         })
         .collect()

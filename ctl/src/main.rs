@@ -78,18 +78,26 @@ enum Cmd {
     /// The file is checked here first (errors name the field). The same spec
     /// again changes nothing; any change but the replica count makes a new
     /// version whose replicas replace the old ones. With --wait, follows the
-    /// new version until every replica runs and is healthy (running, when the
-    /// spec has no health check) and prints their endpoints; fails when a
-    /// replica fails, when the cluster has no room for it, or at --timeout.
+    /// new version until every replica is up and prints their endpoints: up
+    /// means its health check passes, or, without one, that it has kept
+    /// running for --stable seconds (a replica that exited 0 under a `never`
+    /// or `on-failure` policy counts as done). It exits non-zero with the
+    /// replica's message when a replica cannot start (image, command, port,
+    /// GPU), crash-loops, fails for good, when the cluster has no room for
+    /// it, or at --timeout.
     Run {
         /// Workload file (TOML; see examples/ in the source tree).
         file: PathBuf,
-        /// Wait until every replica of this version is healthy.
+        /// Wait until every replica of this version is up.
         #[arg(long)]
         wait: bool,
         /// With --wait: give up after this many seconds (the rollout goes on).
         #[arg(long, default_value_t = 300, value_name = "SECS")]
         timeout: u64,
+        /// With --wait, for replicas without a health check: how long each
+        /// must keep running, without a restart, to count as up.
+        #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+        stable: f64,
     },
     /// Workloads: version, runtime, GPU request, running/desired replicas, status.
     Workloads,
@@ -211,8 +219,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cluster_cmds::add_member(&client, id, &addr, json).await
             }
             Cmd::Cluster(ClusterCmd::Remove { id }) => cluster_cmds::remove_member(&client, id, json).await,
-            Cmd::Run { file, wait, timeout } => {
-                workload_cmds::run(&client, &file, wait, Duration::from_secs(timeout), json).await
+            Cmd::Run { file, wait, timeout, stable } => {
+                let stable = Duration::try_from_secs_f64(stable)
+                    .map_err(|_| anyhow::anyhow!("--stable: {stable} is not a number of seconds"))?;
+                workload_cmds::run(&client, &file, wait, Duration::from_secs(timeout), stable, json).await
             }
             Cmd::Workloads => workload_cmds::workloads(&client, json).await,
             Cmd::Allocs { workload, all } => {

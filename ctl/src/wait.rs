@@ -43,6 +43,10 @@ pub fn rollout_poll(waited: Duration) -> Duration {
 /// cluster has no room.
 pub const PENDING_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a replica without a health check must keep running (no
+/// restart in between) before `run --wait` counts it as up.
+pub const DEFAULT_STABLE: Duration = Duration::from_secs(5);
+
 /// Counts of one workload version's replicas.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Progress {
@@ -50,23 +54,32 @@ pub struct Progress {
     /// Replicas with an allocation (on some node).
     pub placed: u32,
     pub running: u32,
-    /// Running and healthy (or running with health `unknown` when the spec
-    /// has no health check, since nothing will ever call it healthy).
+    /// Running and ready: healthy (with a health check), or running for the
+    /// stable period without a restart (without one); or finished with exit
+    /// code 0 under a restart policy that keeps it so.
     pub healthy: u32,
 }
 
 impl Progress {
-    /// Counts the allocations of `version` that are meant to run.
-    pub fn of(version: u64, replicas: u32, needs_health: bool, allocs: &[AllocView]) -> Progress {
+    /// Counts the allocations of `version` that are meant to run; `ready`
+    /// says whether a running one is up.
+    pub fn of(
+        version: u64,
+        replicas: u32,
+        allocs: &[AllocView],
+        ready: impl Fn(&AllocView) -> bool,
+    ) -> Progress {
         let mut p = Progress { replicas, ..Progress::default() };
         for a in allocs.iter().filter(|a| a.version == version && a.desired == "run") {
             if matches!(a.actual.as_str(), "lost" | "stopped" | "failed") {
                 continue;
             }
             p.placed += 1;
-            if a.actual == "running" {
+            if a.actual == "completed" {
+                p.healthy += 1;
+            } else if a.actual == "running" {
                 p.running += 1;
-                if a.health == "healthy" || (!needs_health && a.health == "unknown") {
+                if ready(a) {
                     p.healthy += 1;
                 }
             }
@@ -103,6 +116,19 @@ pub enum WaitFailure {
         node: String,
         message: String,
     },
+    /// A replica of this version could not start (image, command, port, GPU).
+    StartFailed {
+        id: String,
+        node: String,
+        message: String,
+    },
+    /// A replica of this version keeps failing without a stable run.
+    CrashLoop {
+        id: String,
+        node: String,
+        failures: u32,
+        message: String,
+    },
     /// Someone submitted a newer version while we waited.
     Superseded {
         version: u64,
@@ -127,6 +153,22 @@ impl fmt::Display for WaitFailure {
             WaitFailure::AllocFailed { id, node, message } => {
                 let message = if message.is_empty() { "no message" } else { message.as_str() };
                 write!(f, "replica {id} on {node} failed: {message}. See `gantryctl logs {id}`")
+            }
+            WaitFailure::StartFailed { id, node, message } => {
+                let message = if message.is_empty() { "no message" } else { message.as_str() };
+                write!(
+                    f,
+                    "replica {id} on {node} cannot start: {message}. The agent retries with backoff; \
+                     fix the spec and run it again, or `gantryctl stop` it"
+                )
+            }
+            WaitFailure::CrashLoop { id, node, failures, message } => {
+                let message = if message.is_empty() { "no message" } else { message.as_str() };
+                write!(
+                    f,
+                    "replica {id} on {node} is crash-looping ({failures} failures in a row, last: \
+                     {message}). See `gantryctl logs {id}`"
+                )
             }
             WaitFailure::Superseded { version } => write!(
                 f,
@@ -162,12 +204,16 @@ pub enum Step {
 pub struct Rollout {
     pub workload: String,
     pub version: u64,
-    /// The spec has a health check (else `unknown` health counts as done).
+    /// The spec has a health check (else a replica counts once it has run
+    /// for `stable` without a restart).
     pub needs_health: bool,
     timeout: Duration,
+    stable: Duration,
     started: Instant,
     placed_after: Option<Duration>,
     pending_since: Option<Instant>,
+    /// Running replicas: since when, and their restart count then.
+    running_since: std::collections::BTreeMap<String, (Instant, u32)>,
 }
 
 impl Rollout {
@@ -176,6 +222,7 @@ impl Rollout {
         version: u64,
         needs_health: bool,
         timeout: Duration,
+        stable: Duration,
         started: Instant,
     ) -> Self {
         Rollout {
@@ -183,9 +230,11 @@ impl Rollout {
             version,
             needs_health,
             timeout,
+            stable,
             started,
             placed_after: None,
             pending_since: None,
+            running_since: Default::default(),
         }
     }
 
@@ -203,7 +252,40 @@ impl Rollout {
                 message: a.message.clone(),
             });
         }
-        let progress = Progress::of(self.version, view.replicas, self.needs_health, allocs);
+        if let Some(a) = allocs.iter().filter(mine).find(|a| a.start_failed && a.actual != "running") {
+            return Step::Failed(WaitFailure::StartFailed {
+                id: a.id.clone(),
+                node: a.node.clone(),
+                message: a.message.clone(),
+            });
+        }
+        if let Some(a) = allocs.iter().filter(mine).find(|a| a.crash_looping) {
+            return Step::Failed(WaitFailure::CrashLoop {
+                id: a.id.clone(),
+                node: a.node.clone(),
+                failures: a.failures,
+                message: a.message.clone(),
+            });
+        }
+        let mut seen = std::collections::BTreeMap::new();
+        for a in allocs.iter().filter(mine).filter(|a| a.actual == "running") {
+            let since = match self.running_since.get(&a.id) {
+                Some(&(t, restarts)) if restarts == a.restarts => t,
+                _ => now,
+            };
+            seen.insert(a.id.clone(), (since, a.restarts));
+        }
+        self.running_since = seen;
+        let ready = |a: &AllocView| {
+            if self.needs_health {
+                a.health == "healthy"
+            } else {
+                self.running_since
+                    .get(&a.id)
+                    .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= self.stable)
+            }
+        };
+        let progress = Progress::of(self.version, view.replicas, allocs, ready);
         if progress.placed >= progress.replicas && self.placed_after.is_none() {
             self.placed_after = Some(elapsed);
         }
@@ -407,6 +489,10 @@ pub(crate) mod tests {
             ports: Default::default(),
             endpoint: (actual == "running").then(|| "127.0.0.1:31000".to_string()),
             agent_http: "127.0.0.1:9410".into(),
+            exit_code: None,
+            failures: 0,
+            start_failed: false,
+            crash_looping: false,
         }
     }
 
@@ -423,6 +509,9 @@ pub(crate) mod tests {
             pending: 0,
             status: "deploying".into(),
             pending_reason: pending_reason.map(str::to_string),
+            reason: pending_reason.map(str::to_string),
+            completed: 0,
+            failed: 0,
         }
     }
 
@@ -436,7 +525,7 @@ pub(crate) mod tests {
             alloc("llm.0.1", 2, "stop", "running", "healthy"),
             alloc("llm.1.2", 2, "run", "running", "healthy"),
         ];
-        let p = Progress::of(3, 4, true, &allocs);
+        let p = Progress::of(3, 4, &allocs, |a| a.health == "healthy");
         assert_eq!(p, Progress { replicas: 4, placed: 3, running: 2, healthy: 1 });
         assert_eq!(p.line("llm", 3), "llm v3: 3/4 placed, 2/4 running, 1/4 healthy");
     }
@@ -444,14 +533,14 @@ pub(crate) mod tests {
     #[test]
     fn without_a_health_check_running_with_unknown_health_counts() {
         let allocs = vec![alloc("w.0.1", 1, "run", "running", "unknown")];
-        assert_eq!(Progress::of(1, 1, false, &allocs).healthy, 1);
-        assert_eq!(Progress::of(1, 1, true, &allocs).healthy, 0);
+        assert_eq!(Progress::of(1, 1, &allocs, |_| true).healthy, 1);
+        assert_eq!(Progress::of(1, 1, &allocs, |a| a.health == "healthy").healthy, 0);
     }
 
     #[test]
     fn rollout_records_placed_then_healthy_times() {
         let t0 = Instant::now();
-        let mut r = Rollout::new("llm", 3, true, Duration::from_secs(60), t0);
+        let mut r = Rollout::new("llm", 3, true, Duration::from_secs(60), DEFAULT_STABLE, t0);
         let v = view(3, 2, None);
         let step = r.observe(
             t0 + Duration::from_millis(300),
@@ -477,7 +566,7 @@ pub(crate) mod tests {
     #[test]
     fn a_failed_replica_of_this_version_ends_the_wait() {
         let t0 = Instant::now();
-        let mut r = Rollout::new("llm", 3, true, Duration::from_secs(60), t0);
+        let mut r = Rollout::new("llm", 3, true, Duration::from_secs(60), DEFAULT_STABLE, t0);
         let mut failed = alloc("llm.1.2", 3, "run", "failed", "unknown");
         failed.message = "exec: no such file".into();
         // A failed replica of an older version, or one being stopped, does not count.
@@ -503,7 +592,7 @@ pub(crate) mod tests {
     #[test]
     fn a_pending_reason_fails_only_once_it_persists() {
         let t0 = Instant::now();
-        let mut r = Rollout::new("llm", 1, true, Duration::from_secs(60), t0);
+        let mut r = Rollout::new("llm", 1, true, Duration::from_secs(60), DEFAULT_STABLE, t0);
         let pending = view(1, 2, Some("no node has 1 free exclusive GPU(s) of model H100-80GB"));
         assert!(matches!(r.observe(t0, &pending, &[]), Step::Waiting(_)));
         // Cleared in between: the grace starts again.
@@ -519,7 +608,7 @@ pub(crate) mod tests {
     #[test]
     fn timeout_and_superseded() {
         let t0 = Instant::now();
-        let mut r = Rollout::new("llm", 3, true, Duration::from_secs(5), t0);
+        let mut r = Rollout::new("llm", 3, true, Duration::from_secs(5), DEFAULT_STABLE, t0);
         let step = r.observe(t0 + Duration::from_secs(6), &view(3, 1, None), &[]);
         assert!(matches!(step, Step::Failed(WaitFailure::TimedOut { .. })), "{step:?}");
         let step = r.observe(t0, &view(4, 1, None), &[]);
@@ -529,13 +618,69 @@ pub(crate) mod tests {
     #[test]
     fn done_wins_over_a_stale_pending_reason_and_the_timeout() {
         let t0 = Instant::now();
-        let mut r = Rollout::new("w", 1, false, Duration::from_secs(1), t0);
+        let mut r = Rollout::new("w", 1, true, Duration::from_secs(1), DEFAULT_STABLE, t0);
         let step = r.observe(
             t0 + Duration::from_secs(9),
             &view(1, 1, Some("stale")),
-            &[alloc("w.0.1", 1, "run", "running", "unknown")],
+            &[alloc("w.0.1", 1, "run", "running", "healthy")],
         );
         assert!(matches!(step, Step::Done { .. }), "{step:?}");
+    }
+
+    #[test]
+    fn without_a_health_check_a_replica_must_stay_up_for_the_stable_period() {
+        let t0 = Instant::now();
+        let stable = Duration::from_secs(5);
+        let mut r = Rollout::new("w", 1, false, Duration::from_secs(60), stable, t0);
+        let v = view(1, 1, None);
+        let up = alloc("w.0.1", 1, "run", "running", "unknown");
+        assert!(matches!(r.observe(t0, &v, std::slice::from_ref(&up)), Step::Waiting(_)));
+        assert!(matches!(
+            r.observe(t0 + Duration::from_secs(4), &v, std::slice::from_ref(&up)),
+            Step::Waiting(_)
+        ));
+        // It restarted in between: the period starts again.
+        let mut again = up.clone();
+        again.restarts = 1;
+        let t = t0 + Duration::from_secs(6);
+        assert!(matches!(r.observe(t, &v, std::slice::from_ref(&again)), Step::Waiting(_)));
+        assert!(matches!(
+            r.observe(t + Duration::from_secs(4), &v, std::slice::from_ref(&again)),
+            Step::Waiting(_)
+        ));
+        let step = r.observe(t + stable, &v, std::slice::from_ref(&again));
+        assert!(matches!(step, Step::Done { .. }), "{step:?}");
+    }
+
+    #[test]
+    fn a_start_failure_or_a_crash_loop_ends_the_wait_with_the_message() {
+        let t0 = Instant::now();
+        let mut r = Rollout::new("w", 1, false, Duration::from_secs(60), DEFAULT_STABLE, t0);
+        let v = view(1, 1, None);
+        let mut cannot = alloc("w.0.1", 1, "run", "restarting", "unknown");
+        cannot.start_failed = true;
+        cannot.message = "cannot start \"/no/such/binary\": No such file or directory".into();
+        let Step::Failed(f) = r.observe(t0, &v, &[cannot]) else { panic!() };
+        assert!(matches!(f, WaitFailure::StartFailed { .. }), "{f:?}");
+        assert!(f.to_string().contains("/no/such/binary"), "{f}");
+
+        let mut looping = alloc("w.0.1", 1, "run", "restarting", "unknown");
+        looping.failures = 3;
+        looping.crash_looping = true;
+        looping.message = "exit code 1".into();
+        let Step::Failed(f) = r.observe(t0, &v, &[looping]) else { panic!() };
+        assert!(f.to_string().contains("crash-looping (3 failures in a row, last: exit code 1)"), "{f}");
+    }
+
+    #[test]
+    fn replicas_that_completed_count_as_done() {
+        let t0 = Instant::now();
+        let mut r = Rollout::new("w", 2, false, Duration::from_secs(60), DEFAULT_STABLE, t0);
+        let allocs = [
+            alloc("w.0.1", 2, "run", "completed", "unknown"),
+            alloc("w.1.2", 2, "run", "completed", "unknown"),
+        ];
+        assert!(matches!(r.observe(t0, &view(2, 2, None), &allocs), Step::Done { .. }));
     }
 
     #[test]

@@ -35,10 +35,17 @@ pub async fn wait_healthy(
     spec: &WorkloadSpec,
     submitted: &SubmitResult,
     timeout: Duration,
+    stable: Duration,
     started: Instant,
 ) -> anyhow::Result<RolloutDone> {
-    let rollout =
-        wait::Rollout::new(&submitted.workload, submitted.version, spec.health.is_some(), timeout, started);
+    let rollout = wait::Rollout::new(
+        &submitted.workload,
+        submitted.version,
+        spec.health.is_some(),
+        timeout,
+        stable,
+        started,
+    );
     wait::follow_rollout(client, rollout).await
 }
 
@@ -47,6 +54,7 @@ pub async fn run(
     file: &Path,
     wait: bool,
     timeout: Duration,
+    stable: Duration,
     json: bool,
 ) -> anyhow::Result<()> {
     let spec = read_spec(file)?;
@@ -62,7 +70,7 @@ pub async fn run(
     if !json {
         eprintln!("{}", submitted_line(&result));
     }
-    let done = wait_healthy(client, &spec, &result, timeout, started).await?;
+    let done = wait_healthy(client, &spec, &result, timeout, stable, started).await?;
     if json {
         return print_json(&done);
     }
@@ -130,7 +138,7 @@ pub fn workload_rows(views: &[WorkloadView]) -> Vec<Vec<String>> {
                 format!("{}/{}", w.running, w.replicas),
                 w.healthy.to_string(),
                 w.status.clone(),
-                w.pending_reason.clone().unwrap_or_else(|| "-".into()),
+                w.reason.clone().or_else(|| w.pending_reason.clone()).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect()

@@ -112,7 +112,7 @@ impl DockerRuntime {
         let info = match self.docker.inspect_container(id, None).await {
             Ok(i) => i,
             Err(e) if not_found(&e) => {
-                return Ok(Status::Exited { success: None, message: "container is gone".into() })
+                return Ok(Status::Exited { code: None, message: "container is gone".into() })
             }
             Err(e) => return Err(RuntimeError::Docker(format!("inspecting container {id}: {e}"))),
         };
@@ -128,7 +128,8 @@ impl DockerRuntime {
         if let Some(err) = state.error.filter(|e| !e.is_empty()) {
             message = format!("{message}: {err}");
         }
-        Ok(Status::Exited { success: Some(code == 0), message })
+        let code = i32::try_from(code).ok();
+        Ok(Status::Exited { code, message })
     }
 
     async fn stop_now(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {

@@ -64,9 +64,10 @@ pub enum Handle {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
     Running,
-    /// It ended. `success` is known only when the exit code is.
+    /// It ended. `code` is its exit code when it exited with one (`None`:
+    /// killed by a signal, or unknown); only code 0 is a success.
     Exited {
-        success: Option<bool>,
+        code: Option<i32>,
         message: String,
     },
 }

@@ -103,10 +103,7 @@ impl ProcessRuntime {
                 match child.try_wait() {
                     Ok(Some(status)) => {
                         children.remove(&pid);
-                        return Status::Exited {
-                            success: Some(status.success()),
-                            message: describe_exit(status),
-                        };
+                        return Status::Exited { code: status.code(), message: describe_exit(status) };
                     }
                     Ok(None) => return Status::Running,
                     Err(_) => {
@@ -121,7 +118,7 @@ impl ProcessRuntime {
             _ => {
                 reap(pid);
                 Status::Exited {
-                    success: None,
+                    code: None,
                     message: "exited while an earlier agent was its parent: exit status unknown".into(),
                 }
             }

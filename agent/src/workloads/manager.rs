@@ -297,6 +297,8 @@ impl Manager {
                 crash_streak: 0,
                 message: String::new(),
                 health: gantry_common::workload::HealthState::Unknown,
+                exit_code: None,
+                start_failed: false,
                 probe_failures: 0,
                 next_probe_ms: 0,
                 ports: BTreeMap::new(),
@@ -378,10 +380,10 @@ impl Manager {
             let status = tokio::time::timeout(STATUS_TIMEOUT, runtime.status(&handle)).await;
             match status {
                 Ok(Ok(crate::runtime::Status::Running)) => {}
-                Ok(Ok(crate::runtime::Status::Exited { success, message })) => {
+                Ok(Ok(crate::runtime::Status::Exited { code, message })) => {
                     info!(alloc = %id, "exited: {message}");
                     if let Some(r) = self.state.records.get_mut(&id) {
-                        r.exited(now_ms(), success, message);
+                        r.exited(now_ms(), code, message);
                     }
                 }
                 Ok(Err(e)) => warn!(alloc = %id, "status: {e}"),
@@ -423,7 +425,7 @@ impl Manager {
             Action::Stop { id, restart, reason } => self.stop(&id, restart, reason),
             Action::Retire { id, failed } => {
                 if let Some(r) = self.state.records.get_mut(&id) {
-                    r.phase = if failed { Phase::Failed } else { Phase::Stopped };
+                    r.phase = if failed { Phase::Failed } else { Phase::Completed };
                     info!(alloc = %id, "not restarted (restart policy): {}", r.message);
                 }
                 self.release_gpus(&id);

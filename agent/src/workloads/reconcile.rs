@@ -14,12 +14,14 @@
 //! action already under way is not asked for again):
 //!
 //! 1. A desired `run` allocation the agent has not started is started.
-//! 2. One that exited is restarted by its policy (`always`; `on-failure` only
-//!    after a failure; never with `never`) once its backoff has passed: the
-//!    first restart waits `backoff_ms`, each further one twice as long, up to
-//!    `max_backoff_ms`. A run of [`STABLE_RUN_MS`] or more resets the doubling.
-//!    An exit that will not be restarted retires it: `failed` after a failure,
-//!    `stopped` after a clean exit.
+//! 2. One that exited (or could not start) is restarted by its policy
+//!    (`always`; `on-failure` only after a failure; never with `never`) once
+//!    its backoff has passed: the first restart waits `backoff_ms`, each
+//!    further one twice as long, up to `max_backoff_ms`; no restart skips it.
+//!    A run of [`STABLE_RUN_MS`] or more resets the doubling. An exit that
+//!    will not be restarted retires it for good: `completed` after exit code
+//!    0, `failed` otherwise. A retired replica is never started again: the
+//!    coordinator keeps its slot filled and its GPU free.
 //! 3. A running allocation whose health check failed `failure_threshold`
 //!    times in a row is stopped and then restarted as after a failure
 //!    (`always` and `on-failure`; `never` only reports it unhealthy).
@@ -58,6 +60,12 @@ pub struct AllocRecord {
     pub crash_streak: u32,
     pub message: String,
     pub health: HealthState,
+    /// Exit code of the last run, when it exited with one.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// The last start failed before the workload ran.
+    #[serde(default)]
+    pub start_failed: bool,
     /// Consecutive failed probes (not persisted: a new agent probes afresh).
     #[serde(skip)]
     pub probe_failures: u32,
@@ -92,10 +100,12 @@ pub enum Phase {
     Stopping {
         restart: bool,
     },
-    /// Stopped on purpose, or exited cleanly and not to be restarted.
+    /// Stopped on purpose (the coordinator asked, or it is no longer assigned).
     Stopped,
-    /// Exited and not to be restarted.
+    /// Ended with a failure and not to be restarted (restart policy).
     Failed,
+    /// Exited with code 0 and not to be restarted (restart policy).
+    Completed,
 }
 
 /// What the manager is to do.
@@ -105,7 +115,7 @@ pub enum Action {
     Start { id: String },
     /// Stop it; with `restart` it is restarted afterwards as after a failure.
     Stop { id: String, restart: bool, reason: String },
-    /// It exited and will not be restarted: `failed`, or stopped after a clean exit.
+    /// It exited and will not be restarted: `failed`, or `completed` after a clean exit.
     Retire { id: String, failed: bool },
     /// It is stopped and no longer desired: drop the record.
     Forget { id: String },
@@ -139,12 +149,13 @@ pub fn reconcile(
                 None if authoritative => actions.push(Action::Start { id: id.clone() }),
                 None => {}
                 Some(r) => match r.phase {
-                    Phase::Starting | Phase::Stopping { .. } | Phase::Failed => {}
-                    Phase::Stopped => {
-                        if authoritative {
-                            actions.push(Action::Start { id: id.clone() });
-                        }
-                    }
+                    // A retired or stopped replica stays so: a start here
+                    // would skip both the restart policy and the backoff.
+                    Phase::Starting
+                    | Phase::Stopping { .. }
+                    | Phase::Failed
+                    | Phase::Completed
+                    | Phase::Stopped => {}
                     Phase::Running { .. } => {
                         if let Some(check) = &d.spec.health {
                             if d.spec.restart.mode != RestartMode::Never
@@ -184,7 +195,9 @@ pub fn reconcile(
                     restart: false,
                     reason: "stopped: no longer assigned to this node".into(),
                 }),
-                Phase::Stopped | Phase::Failed => actions.push(Action::Forget { id: id.clone() }),
+                Phase::Stopped | Phase::Failed | Phase::Completed => {
+                    actions.push(Action::Forget { id: id.clone() })
+                }
                 Phase::Starting | Phase::Stopping { .. } => {}
             }
         }
@@ -217,6 +230,8 @@ impl AllocRecord {
             crash_streak: 0,
             message: String::new(),
             health: HealthState::Unknown,
+            exit_code: None,
+            start_failed: false,
             probe_failures: 0,
             next_probe_ms: 0,
             ports,
@@ -250,6 +265,7 @@ impl AllocRecord {
         }
         self.handle = Some(handle);
         self.devices = devices;
+        self.start_failed = false;
         self.health = HealthState::Unknown;
         self.probe_failures = 0;
         self.next_probe_ms = check.map_or(0, |c| now_ms.saturating_add(c.initial_delay_ms));
@@ -260,18 +276,22 @@ impl AllocRecord {
         self.crash_streak = self.crash_streak.saturating_add(1);
         self.phase = Phase::Exited { at_ms: now_ms, failed: true };
         self.message = message;
+        self.exit_code = None;
+        self.start_failed = true;
         self.health = HealthState::Unknown;
     }
 
-    /// It ended on its own; `success` is `None` when the exit code is unknown
-    /// (counted as a failure).
-    pub fn exited(&mut self, now_ms: u64, success: Option<bool>, message: String) {
+    /// It ended on its own. `code` is `None` when it was killed by a signal
+    /// or the code is unknown (counted as a failure); only 0 is a success.
+    pub fn exited(&mut self, now_ms: u64, code: Option<i32>, message: String) {
         let ran = match self.phase {
             Phase::Running { since_ms } => now_ms.saturating_sub(since_ms),
             _ => 0,
         };
         self.crash_streak = if ran >= STABLE_RUN_MS { 1 } else { self.crash_streak.saturating_add(1) };
-        self.phase = Phase::Exited { at_ms: now_ms, failed: success != Some(true) };
+        self.phase = Phase::Exited { at_ms: now_ms, failed: code != Some(0) };
+        self.exit_code = code;
+        self.start_failed = false;
         self.message = message;
         self.health = HealthState::Unknown;
         self.probe_failures = 0;
@@ -285,7 +305,7 @@ impl AllocRecord {
                 _ => now_ms,
             };
             self.phase = Phase::Running { since_ms: since };
-            self.exited(now_ms, Some(false), reason);
+            self.exited(now_ms, None, reason);
         } else {
             self.phase = Phase::Stopped;
             self.message = reason;
@@ -333,6 +353,9 @@ pub fn report(id: &str, record: Option<&AllocRecord>, desired: Option<DesiredSta
             message: String::new(),
             ports: BTreeMap::new(),
             devices: Vec::new(),
+            exit_code: None,
+            failures: 0,
+            start_failed: false,
         };
     };
     let actual = match r.phase {
@@ -341,6 +364,7 @@ pub fn report(id: &str, record: Option<&AllocRecord>, desired: Option<DesiredSta
         Phase::Exited { .. } | Phase::Stopping { restart: true } => ActualState::Restarting,
         Phase::Stopped => ActualState::Stopped,
         Phase::Failed => ActualState::Failed,
+        Phase::Completed => ActualState::Completed,
     };
     AllocReport {
         id: id.to_string(),
@@ -350,6 +374,9 @@ pub fn report(id: &str, record: Option<&AllocRecord>, desired: Option<DesiredSta
         message: r.message.clone(),
         ports: r.ports.clone(),
         devices: r.devices.clone(),
+        exit_code: r.exit_code,
+        failures: r.crash_streak,
+        start_failed: r.start_failed,
     }
 }
 
@@ -441,38 +468,130 @@ mod tests {
         assert_eq!(report("a", None, Some(DesiredState::Stop)).actual, ActualState::Stopped);
     }
 
-    #[test]
-    fn restarts_follow_policy_and_backoff() {
-        for (extra, failed, expect_restart) in [
-            ("", true, true),
-            ("", false, true),
-            ("[restart]\npolicy = \"on-failure\"\n", true, true),
-            ("[restart]\npolicy = \"on-failure\"\n", false, false),
-            ("[restart]\npolicy = \"never\"\n", true, false),
-        ] {
-            let d = desired("a", DesiredState::Run, extra);
-            let mut r = record(&d, Phase::Exited { at_ms: NOW, failed });
-            r.crash_streak = 1;
-            let records = BTreeMap::from([("a".to_string(), r)]);
-            let backoff = d.spec.restart.backoff_ms;
-            let early = reconcile(std::slice::from_ref(&d), true, &records, NOW + backoff - 1);
-            let due = reconcile(std::slice::from_ref(&d), true, &records, NOW + backoff);
-            if expect_restart {
-                assert_eq!(early, [], "{extra}");
-                assert_eq!(due, [Action::Start { id: "a".into() }], "{extra}");
-            } else {
-                assert_eq!(early, [Action::Retire { id: "a".into(), failed }], "{extra}");
+    /// How a run can end, as the runtime tells the record.
+    #[derive(Clone, Copy, Debug)]
+    enum End {
+        Exit(i32),
+        Signal,
+        StartFailure,
+    }
+
+    fn ended(d: &DesiredAlloc, end: End) -> AllocRecord {
+        let mut r = AllocRecord::new(d, BTreeMap::new());
+        r.begin_start();
+        match end {
+            End::StartFailure => r.start_failed(NOW, "cannot start \"/no/such\": not found".into()),
+            End::Exit(code) => {
+                r.started(NOW - 5, Handle::Process { pid: 1, start_ticks: 1 }, Vec::new(), None);
+                r.exited(NOW, Some(code), format!("exit code {code}"));
+            }
+            End::Signal => {
+                r.started(NOW - 5, Handle::Process { pid: 1, start_ticks: 1 }, Vec::new(), None);
+                r.exited(NOW, None, "killed by signal 9 (SIGKILL)".into());
             }
         }
-        // Crashed allocations restart even without an authoritative set.
+        r
+    }
+
+    /// Every restart policy against every way a run ends: restarted only
+    /// after the backoff, or retired for good (never restarted afterwards).
+    #[test]
+    fn every_policy_and_every_end() {
+        use End::*;
+        enum Then {
+            Restart,
+            Retire(ActualState),
+        }
+        use Then::*;
+        let table = [
+            ("always", Exit(0), Restart),
+            ("always", Exit(3), Restart),
+            ("always", Signal, Restart),
+            ("always", StartFailure, Restart),
+            ("on-failure", Exit(0), Retire(ActualState::Completed)),
+            ("on-failure", Exit(3), Restart),
+            ("on-failure", Signal, Restart),
+            ("on-failure", StartFailure, Restart),
+            ("never", Exit(0), Retire(ActualState::Completed)),
+            ("never", Exit(3), Retire(ActualState::Failed)),
+            ("never", Signal, Retire(ActualState::Failed)),
+            ("never", StartFailure, Retire(ActualState::Failed)),
+        ];
+        for (policy, end, then) in table {
+            let case = format!("{policy} x {end:?}");
+            let d = desired(
+                "a",
+                DesiredState::Run,
+                &format!("[restart]\npolicy = \"{policy}\"\nbackoff_s = 2\n"),
+            );
+            let r = ended(&d, end);
+            let rep = report("a", Some(&r), Some(DesiredState::Run));
+            assert_eq!(rep.actual, ActualState::Restarting, "{case}: waits for the decision");
+            assert_eq!(rep.start_failed, matches!(end, StartFailure), "{case}");
+            assert_eq!(rep.exit_code, if let Exit(c) = end { Some(c) } else { None }, "{case}");
+            assert_eq!(rep.failures, 1, "{case}");
+            let records = BTreeMap::from([("a".to_string(), r.clone())]);
+            let set = std::slice::from_ref(&d);
+            for authoritative in [true, false] {
+                let early = reconcile(set, authoritative, &records, NOW + 1_999);
+                let due = reconcile(set, authoritative, &records, NOW + 2_000);
+                match &then {
+                    Restart => {
+                        assert_eq!(early, [], "{case}: no restart before the backoff");
+                        assert_eq!(due, [Action::Start { id: "a".into() }], "{case}");
+                    }
+                    Retire(_) => {
+                        let failed = !matches!(end, Exit(0));
+                        assert_eq!(early, [Action::Retire { id: "a".into(), failed }], "{case}");
+                    }
+                }
+            }
+            if let Retire(state) = then {
+                // What the manager does on Retire; afterwards nothing starts it again.
+                let mut r = r;
+                r.phase = if state == ActualState::Failed { Phase::Failed } else { Phase::Completed };
+                let rep = report("a", Some(&r), Some(DesiredState::Run));
+                assert_eq!(rep.actual, state, "{case}");
+                let records = BTreeMap::from([("a".to_string(), r)]);
+                for later in [NOW, NOW + 10_000, NOW + 10_000_000] {
+                    assert_eq!(reconcile(std::slice::from_ref(&d), true, &records, later), [], "{case}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_stopped_replica_is_not_started_again_even_if_still_desired() {
         let d = run("a");
-        let mut r = record(&d, Phase::Exited { at_ms: 0, failed: true });
-        r.crash_streak = 1;
+        let mut r = record(&d, Phase::Running { since_ms: 0 });
+        r.stopped(NOW, false, "stopped: x".into());
         let records = BTreeMap::from([("a".to_string(), r)]);
-        assert_eq!(
-            reconcile(std::slice::from_ref(&d), false, &records, NOW),
-            [Action::Start { id: "a".into() }]
-        );
+        assert_eq!(reconcile(std::slice::from_ref(&d), true, &records, NOW + 60_000), []);
+    }
+
+    #[test]
+    fn the_backoff_grows_across_a_crash_loop_and_failures_are_reported() {
+        let d = run("a");
+        let mut r = AllocRecord::new(&d, BTreeMap::new());
+        let mut now = NOW;
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            r.begin_start();
+            r.started(now, Handle::Process { pid: 1, start_ticks: 1 }, Vec::new(), None);
+            r.exited(now + 10, Some(1), "exit code 1".into());
+            let records = BTreeMap::from([("a".to_string(), r.clone())]);
+            let set = std::slice::from_ref(&d);
+            let mut t = now + 10;
+            while reconcile(set, true, &records, t).is_empty() {
+                t += 100;
+            }
+            waits.push(t - (now + 10));
+            now = t;
+        }
+        assert_eq!(waits, [1_000, 2_000, 4_000, 8_000]);
+        let rep = report("a", Some(&r), Some(DesiredState::Run));
+        assert_eq!(rep.failures, 4);
+        assert_eq!(rep.restarts, 3);
     }
 
     #[test]
@@ -483,12 +602,12 @@ mod tests {
         let d = run("a");
         let mut r = AllocRecord::new(&d, BTreeMap::new());
         r.started(0, Handle::Process { pid: 1, start_ticks: 1 }, Vec::new(), None);
-        r.exited(100, Some(false), "exit code 1".into());
+        r.exited(100, Some(1), "exit code 1".into());
         assert_eq!(r.crash_streak, 1);
         r.begin_start();
         assert_eq!(r.restarts, 1);
         r.started(200, Handle::Process { pid: 2, start_ticks: 2 }, Vec::new(), None);
-        r.exited(300, Some(false), "exit code 1".into());
+        r.exited(300, Some(1), "exit code 1".into());
         assert_eq!(r.crash_streak, 2);
         r.begin_start();
         r.started(400, Handle::Process { pid: 3, start_ticks: 3 }, Vec::new(), None);
@@ -510,7 +629,7 @@ mod tests {
         r.started(20, Handle::Process { pid: 1, start_ticks: 1 }, Vec::new(), None);
         assert_eq!(r.restarts, 1);
         assert_eq!(r.message, "restarted after: GPU 0: the MPS control daemon did not start");
-        r.exited(30, Some(false), "exit code 2".into());
+        r.exited(30, Some(2), "exit code 2".into());
         assert_eq!(r.message, "exit code 2");
         r.begin_start();
         r.started(40, Handle::Process { pid: 2, start_ticks: 2 }, Vec::new(), None);

@@ -9,7 +9,11 @@
 //!   again once the old replica has let go of its GPU (destructive update);
 //! - a slot on a drained node is placed elsewhere first and only then stopped
 //!   (a replica with nowhere to go keeps running);
-//! - a slot beyond `replicas` is stopped.
+//! - a slot beyond `replicas` is stopped;
+//! - a slot whose replica finished (`completed`, or `failed` for good by its
+//!   restart policy) stays filled: it is neither placed again nor moved;
+//! - a slot whose replica the agent reports stopped although it was meant to
+//!   run (it cannot run there any more) is stopped and placed again.
 //!
 //! The engine is built once per round and every placement is committed into
 //! it, so one round never hands out the same capacity twice; the plan is
@@ -89,7 +93,7 @@ pub fn plan(
 /// pending reason to clear or set.
 fn all_settled(state: &State) -> bool {
     let mut running: BTreeMap<&str, Vec<&Allocation>> = BTreeMap::new();
-    for a in state.allocs.values().filter(|a| a.desired == DesiredState::Run) {
+    for a in state.allocs.values().filter(|a| a.fills_slot()) {
         running.entry(a.workload.as_str()).or_default().push(a);
     }
     state.workloads.iter().all(|(name, w)| {
@@ -106,7 +110,7 @@ fn all_settled(state: &State) -> bool {
             && allocs.iter().all(|a| {
                 a.replica < w.spec.replicas
                     && a.version == w.version
-                    && state.nodes.get(&a.node).is_some_and(|n| !n.drained)
+                    && (a.actual.is_finished() || state.nodes.get(&a.node).is_some_and(|n| !n.drained))
             })
     })
 }
@@ -120,8 +124,11 @@ fn plan_workload(
     seed: u64,
     plan: &mut Plan,
 ) -> Option<String> {
-    let running: Vec<&Allocation> =
-        state.allocs_of(name).filter(|a| a.desired == DesiredState::Run).collect();
+    let running: Vec<&Allocation> = state.allocs_of(name).filter(|a| a.fills_slot()).collect();
+    // Meant to run, but its agent stopped it for good: the slot is free again.
+    for a in state.allocs_of(name).filter(|a| a.desired == DesiredState::Run && !a.fills_slot()) {
+        plan.stop.push((a.id.clone(), format!("{} on {} although meant to run", a.actual.as_str(), a.node)));
+    }
     // Replicas of this workload still letting go of resources (stopped, not yet confirmed).
     let stopping = state.allocs_of(name).any(|a| a.desired == DesiredState::Stop && a.holds_resources());
     let req = w.spec.placement_request();
@@ -142,6 +149,8 @@ fn plan_workload(
                 plan.stop.push((a.id.clone(), format!("replaced by version {}", w.version)));
                 waiting = true;
             }
+            // A finished replica holds nothing and runs nowhere: nothing to move.
+            Some(a) if a.actual.is_finished() => {}
             Some(a) if state.nodes.get(&a.node).is_some_and(|n| n.drained) => {
                 match place(engine, names, state, &req, w, replica, seed) {
                     Ok(new) => {

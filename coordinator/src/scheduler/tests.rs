@@ -103,6 +103,9 @@ fn report_all(s: &mut State, node: &str, actual: ActualState) {
             message: String::new(),
             ports: BTreeMap::new(),
             devices: vec![],
+            exit_code: None,
+            failures: 0,
+            start_failed: false,
         })
         .collect();
     apply(s, &Command::ReportAllocs { node: node.into(), reports });
@@ -331,6 +334,9 @@ fn reports_only_count_from_the_allocations_node() {
         message: "forged".into(),
         ports: BTreeMap::new(),
         devices: vec![],
+        exit_code: None,
+        failures: 0,
+        start_failed: false,
     };
     apply(&mut s, &Command::ReportAllocs { node: other.into(), reports: vec![report] });
     assert_eq!(s.allocs[&a.id].actual, ActualState::Pending);
@@ -395,4 +401,80 @@ fn allocations_of_a_workload_exclude_one_whose_name_extends_it() {
     assert_eq!(s.allocs_of("a.b").count(), 2);
     assert_eq!(s.allocs_of("a-c").count(), 1);
     assert!(s.allocs_of("a").all(|a| a.workload == "a"));
+}
+
+/// The agent of the replica's node reports it ended for good.
+fn finish(s: &mut State, id: &str, actual: ActualState, exit_code: Option<i32>) {
+    let node = s.allocs[id].node.clone();
+    let report = AllocReport {
+        id: id.into(),
+        actual,
+        health: HealthState::Unknown,
+        restarts: 0,
+        message: format!("exit code {exit_code:?}"),
+        ports: BTreeMap::new(),
+        devices: vec![],
+        exit_code,
+        failures: 1,
+        start_failed: false,
+    };
+    assert_eq!(apply(s, &Command::ReportAllocs { node, reports: vec![report] }), CommandResponse::Applied);
+}
+
+#[test]
+fn a_finished_replica_keeps_its_slot_frees_its_gpu_and_is_never_placed_again() {
+    for (end, code) in [(ActualState::Completed, Some(0)), (ActualState::Failed, Some(3))] {
+        let mut s = cluster(&[("n1", &[E]), ("n2", &[E])]);
+        submit(&mut s, spec("job", 1, EXCLUSIVE));
+        converge(&mut s);
+        let a = running_of(&s, "job")[0].clone();
+        finish(&mut s, &a.id, end, code);
+        assert!(!s.allocs[&a.id].holds_resources(), "{end:?}: its GPU is free");
+        assert_eq!(s.allocs[&a.id].exit_code, code);
+        let p = plan(&s, &ClusterTelemetry::new(), &EngineConfig::default(), 1).unwrap();
+        assert!(p.place.is_empty() && p.stop.is_empty(), "{end:?}: nothing to do: {p:?}");
+        // Its GPU takes another workload.
+        submit(&mut s, spec("other", 2, EXCLUSIVE));
+        converge(&mut s);
+        assert_eq!(running_of(&s, "other").len(), 2, "{end:?}: both GPUs are free for others");
+        // Neither a node going down nor a drain revives or moves it.
+        let node = a.node.clone();
+        apply(&mut s, &Command::SetNodeStatus { node: node.clone(), status: NodeStatus::Down });
+        assert_eq!(s.allocs[&a.id].actual, end, "{end:?}: not lost with its node");
+        apply(&mut s, &Command::SetNodeStatus { node: node.clone(), status: NodeStatus::Ready });
+        apply(&mut s, &Command::DrainNode { node, drain: true });
+        let p = plan(&s, &ClusterTelemetry::new(), &EngineConfig::default(), 2).unwrap();
+        assert!(!p.place.iter().any(|n| n.workload == "job"), "{end:?}: not moved off the drained node");
+        assert_eq!(s.allocs_of("job").count(), 1);
+    }
+}
+
+#[test]
+fn a_replica_its_agent_stopped_while_meant_to_run_is_placed_again() {
+    let mut s = cluster(&[("n1", &[E]), ("n2", &[E])]);
+    submit(&mut s, spec("w", 1, EXCLUSIVE));
+    converge(&mut s);
+    let a = running_of(&s, "w")[0].clone();
+    finish(&mut s, &a.id, ActualState::Stopped, None);
+    converge(&mut s);
+    let now = running_of(&s, "w");
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0].id, a.id, "a new allocation fills the slot");
+    assert_eq!(s.allocs[&a.id].desired, DesiredState::Stop);
+}
+
+#[test]
+fn a_new_version_reruns_a_finished_workload() {
+    let mut s = cluster(&[("n1", &[E])]);
+    submit(&mut s, spec("job", 1, EXCLUSIVE));
+    converge(&mut s);
+    let a = running_of(&s, "job")[0].clone();
+    finish(&mut s, &a.id, ActualState::Completed, Some(0));
+    let mut next = spec("job", 1, EXCLUSIVE);
+    next.args.push("--again".into());
+    submit(&mut s, next);
+    converge(&mut s);
+    let now = running_of(&s, "job");
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0].version, 2);
 }

@@ -86,9 +86,11 @@ pub(super) fn drain(state: &mut State, node: &str, drain: bool) -> CommandRespon
 
 /// A node went down: what ran there is lost (and will be replaced).
 pub(super) fn node_down(state: &mut State, node: &str) {
+    // What still holds resources there, or is meant to run there; a replica
+    // that finished is done wherever its node is.
     let ids: Vec<String> = state
         .allocs_on(node)
-        .filter(|a| !a.actual.is_terminal() || a.desired == DesiredState::Run)
+        .filter(|a| !a.actual.is_terminal() || (a.desired == DesiredState::Run && !a.actual.is_finished()))
         .map(|a| a.id.clone())
         .collect();
     for id in ids {
@@ -142,9 +144,7 @@ pub(super) fn apply_plan(state: &mut State, plan: &Plan) -> CommandResponse {
                 continue;
             }
         };
-        let taken = state
-            .allocs_of(&new.workload)
-            .any(|a| a.replica == new.replica && a.desired == DesiredState::Run);
+        let taken = state.allocs_of(&new.workload).any(|a| a.replica == new.replica && a.fills_slot());
         if taken {
             refused.push(format!("{label}: the replica already has an allocation"));
             continue;

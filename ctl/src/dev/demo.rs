@@ -45,7 +45,7 @@ pub async fn run(
     }
     let mut done = Vec::new();
     for (path, spec, result, started) in submitted {
-        let rollout = wait_healthy(client, &spec, &result, timeout, started)
+        let rollout = wait_healthy(client, &spec, &result, timeout, crate::wait::DEFAULT_STABLE, started)
             .await
             .with_context(|| format!("demo workload from {}", path.display()))?;
         done.push((path, rollout, spec.health.is_some()));
