@@ -12,6 +12,7 @@
 //! - [`gpu_spec`]: parsing `8xH100-80GB,2xL4-24GB` into simulated GPU descriptions.
 //! - [`rpc`]: one request/response per QUIC stream, the hello exchange, failure classes.
 //! - [`reload`]: the SIGHUP configuration reload loop of both daemons.
+//! - [`strict`]: operators' TOML and JSON, read with unknown fields refused and errors that name the field.
 //! - [`shutdown`]: the SIGTERM/SIGINT stop signal, installed eagerly.
 //! - [`config`]: loading TOML config files with errors that name the field; what changed on reload.
 //! - [`logging`]: the daemons' tracing setup, with a log filter that SIGHUP can change.
@@ -33,6 +34,7 @@ pub mod reload;
 pub mod rpc;
 pub mod schema;
 pub mod shutdown;
+pub mod strict;
 pub mod systemd;
 pub mod tls;
 pub mod wire;

@@ -17,7 +17,7 @@
 //!   wire name with `#[serde(rename = "...")]`;
 //! - wire and stored types carry no `deny_unknown_fields` (strictness for
 //!   operators' JSON is checked at the admin edge instead, see
-//!   [`crate::api::strict_json`]), or newer peers could not add fields.
+//!   [`crate::strict`]), or newer peers could not add fields.
 //!
 //! Golden-bytes tests (`tests/golden/` of this crate and of the coordinator)
 //! pin the encoding of a sample of every type: a change that alters those

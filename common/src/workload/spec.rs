@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use gantry_placement::{Constraints, GpuRequest, LabelSelector, PlacementRequest, Policy};
 use serde::{Deserialize, Serialize};
 
-use crate::model::validate_name;
+use crate::model::{validate_label_value, validate_name, validate_text};
 
 /// Most replicas one workload may ask for.
 pub const MAX_REPLICAS: u32 = 10_000;
@@ -22,6 +22,14 @@ pub const MAX_ENV: usize = 256;
 pub const MAX_ARGS: usize = 256;
 /// Longest argument, environment value, image or command.
 pub const MAX_STRING: usize = 4096;
+/// Most bytes all arguments and environment variables (names and values)
+/// together may hold. Linux caps one process's at 2 MiB; this keeps a spec
+/// small enough that a node's desired set streams in bounded frames.
+pub const MAX_ARGS_ENV_BYTES: usize = 128 * 1024;
+/// Largest encoded spec.
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+/// Most GPU models and most label selectors (and values in one selector).
+pub const MAX_LIST: usize = 64;
 
 /// A workload spec error: the field and the reason.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -166,8 +174,26 @@ impl WorkloadSpec {
                 if image.chars().any(char::is_whitespace) {
                     return Err(err("image", format!("{image:?} contains whitespace")));
                 }
+                if self.user.is_some() {
+                    return Err(err(
+                        "user",
+                        "applies to command (process) workloads only; a container runs as its image says",
+                    ));
+                }
             }
             RuntimeSpec::Process { command } => check_string("command", command)?,
+        }
+        if let Some(user) = &self.user {
+            let ok = !user.is_empty()
+                && user.len() <= 32
+                && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            if !ok {
+                return Err(err(
+                    "user",
+                    format!("{user:?} is not a user name (1-32 of a-z, 0-9, '_', '-', starting with a letter or '_')"),
+                ));
+            }
         }
         if self.args.len() > MAX_ARGS {
             return Err(err("args", format!("at most {MAX_ARGS} arguments")));
@@ -179,6 +205,17 @@ impl WorkloadSpec {
         }
         if self.env.len() > MAX_ENV {
             return Err(err("env", format!("at most {MAX_ENV} variables")));
+        }
+        let bytes: usize = self.args.iter().map(String::len).sum::<usize>()
+            + self.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+        if bytes > MAX_ARGS_ENV_BYTES {
+            return Err(err(
+                "env",
+                format!(
+                    "args and env hold {bytes} bytes together; at most {MAX_ARGS_ENV_BYTES} (pass large \
+                     settings as a file the workload reads)"
+                ),
+            ));
         }
         for (k, v) in &self.env {
             let ok = !k.is_empty()
@@ -225,6 +262,9 @@ impl WorkloadSpec {
         if self.cpu_milli > 4_096_000 {
             return Err(err("resources.cpu", "more than 4096 cores"));
         }
+        if let GpuRequest::Milli { .. } = self.gpu {
+            return Err(err("gpu.mode", "\"milli\" is not one of none, exclusive, mig, mps, shared"));
+        }
         self.gpu.validate().map_err(|e| {
             let text = e.to_string();
             match text.split_once(": ") {
@@ -237,17 +277,32 @@ impl WorkloadSpec {
                 return Err(err("gpu.profile", format!("{profile:?} is not a MIG profile NVIDIA defines")));
             }
         }
+        if self.constraints.gpu_models.len() > MAX_LIST {
+            return Err(err("gpu.models", format!("at most {MAX_LIST} models")));
+        }
         for (i, m) in self.constraints.gpu_models.iter().enumerate() {
             check_string(&format!("gpu.models[{i}]"), m)?;
+            if m.len() > 255 {
+                return Err(err(format!("gpu.models[{i}]"), "longer than 255 bytes"));
+            }
         }
-        for (i, l) in self.constraints.labels.iter().enumerate() {
-            let key = match l {
-                LabelSelector::Equals { key, .. }
-                | LabelSelector::In { key, .. }
-                | LabelSelector::NotIn { key, .. } => key,
+        if self.constraints.labels.len() > MAX_LIST {
+            return Err(err("constraints", format!("at most {MAX_LIST} label conditions")));
+        }
+        for l in &self.constraints.labels {
+            let (table, key, values): (&str, &String, Vec<&String>) = match l {
+                LabelSelector::Equals { key, value } => ("labels", key, vec![value]),
+                LabelSelector::In { key, values } => ("labels_in", key, values.iter().collect()),
+                LabelSelector::NotIn { key, values } => ("labels_not_in", key, values.iter().collect()),
             };
-            validate_name("key", key)
-                .map_err(|r| err(format!("constraints.labels[{i}]"), strip_field(&r)))?;
+            let field = format!("constraints.{table}.{key}");
+            validate_name("key", key).map_err(|r| err(&field, strip_field(&r)))?;
+            if values.len() > MAX_LIST {
+                return Err(err(field, format!("at most {MAX_LIST} values")));
+            }
+            for v in values {
+                validate_label_value("value", v).map_err(|r| err(&field, strip_field(&r)))?;
+            }
         }
         if let Some(h) = &self.health {
             if !h.path.starts_with('/')
@@ -278,6 +333,10 @@ impl WorkloadSpec {
         if self.stop_grace_ms > 3_600_000 {
             return Err(err("stop_grace_s", "must be at most 3600"));
         }
+        let size = crate::schema::encode(self).map(|b| b.len()).unwrap_or(usize::MAX);
+        if size > MAX_SPEC_BYTES {
+            return Err(err("file", format!("the spec encodes to {size} bytes; at most {MAX_SPEC_BYTES}")));
+        }
         Ok(())
     }
 
@@ -302,14 +361,15 @@ impl WorkloadSpec {
     }
 }
 
+/// An image, a command or a model name: not blank, bounded, no control characters.
 fn check_string(field: &str, value: &str) -> Result<(), SpecError> {
     if value.trim().is_empty() {
         return Err(err(field, "must not be empty"));
     }
-    if value.len() > MAX_STRING || value.contains('\0') {
-        return Err(err(field, "longer than 4096 bytes or contains NUL"));
+    if value.len() > MAX_STRING {
+        return Err(err(field, format!("longer than {MAX_STRING} bytes")));
     }
-    Ok(())
+    validate_text(field, value).map_err(|r| err(field, strip_field(&r)))
 }
 
 /// `validate_name` prefixes its own field name; keep only the reason.

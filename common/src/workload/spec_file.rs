@@ -71,8 +71,7 @@ struct File {
     env: BTreeMap<String, String>,
     #[serde(default)]
     ports: Vec<FilePort>,
-    #[serde(default = "one")]
-    replicas: u32,
+    replicas: Option<i64>,
     policy: Option<String>,
     stop_grace_s: Option<f64>,
     #[serde(default)]
@@ -85,36 +84,32 @@ struct File {
     user: Option<String>,
 }
 
-fn one() -> u32 {
-    1
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilePort {
     name: String,
-    port: u16,
+    port: i64,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileResources {
     cpu: Option<f64>,
-    memory_mib: Option<u64>,
+    memory_mib: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileGpu {
     mode: String,
-    count: Option<u8>,
+    count: Option<i64>,
     linked: Option<bool>,
     profile: Option<String>,
-    compute_pct: Option<u8>,
-    memory_mib: Option<u64>,
+    compute_pct: Option<i64>,
+    memory_mib: Option<i64>,
     #[serde(default)]
     models: Vec<String>,
-    min_memory_mib: Option<u64>,
+    min_memory_mib: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,7 +133,7 @@ struct FileHealth {
     interval_s: Option<f64>,
     timeout_s: Option<f64>,
     initial_delay_s: Option<f64>,
-    failures: Option<u32>,
+    failures: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,19 +144,10 @@ struct FileRestart {
     max_backoff_s: Option<f64>,
 }
 
-/// Parses and validates a workload file. Every error names the field.
+/// Parses and validates a workload file. Every error names the field (a
+/// dotted path such as `gpu.count`) and what is allowed.
 pub fn parse_workload_toml(text: &str) -> Result<WorkloadSpec, SpecError> {
-    let file: File = toml::from_str(text).map_err(|e| {
-        // toml's message names the key and the line; keep it on one line.
-        let message = e.message().to_string();
-        let line = e
-            .span()
-            .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
-        match line {
-            Some(line) => err(format!("line {line}"), message),
-            None => err("file", message),
-        }
-    })?;
+    let file: File = crate::strict::toml(text).map_err(|e| err(e.field, e.reason))?;
     let spec = translate(file)?;
     spec.validate()?;
     Ok(spec)
@@ -186,7 +172,13 @@ fn translate(f: File) -> Result<WorkloadSpec, SpecError> {
     };
     let mut constraints = Constraints {
         gpu_models: f.gpu.as_ref().map(|g| g.models.clone()).unwrap_or_default(),
-        min_gpu_memory_mib: f.gpu.as_ref().and_then(|g| g.min_memory_mib).unwrap_or(0),
+        min_gpu_memory_mib: int(
+            "gpu.min_memory_mib",
+            f.gpu.as_ref().and_then(|g| g.min_memory_mib),
+            0,
+            0,
+            MAX_MIB,
+        )?,
         labels: Vec::new(),
         spread_replicas: f.constraints.spread,
     };
@@ -212,7 +204,7 @@ fn translate(f: File) -> Result<WorkloadSpec, SpecError> {
                 h.timeout_s.unwrap_or(h.interval_s.unwrap_or(2.0).min(1.0)),
             )?,
             initial_delay_ms: millis("health.initial_delay_s", h.initial_delay_s.unwrap_or(0.0))?,
-            failure_threshold: h.failures.unwrap_or(3),
+            failure_threshold: int("health.failures", h.failures, 3, 1, 100)?,
         }),
     };
     let mut restart = RestartPolicy::default();
@@ -247,11 +239,25 @@ fn translate(f: File) -> Result<WorkloadSpec, SpecError> {
         runtime,
         args: f.args,
         env: f.env,
-        ports: f.ports.into_iter().map(|p| PortSpec { name: p.name, port: p.port }).collect(),
-        replicas: f.replicas,
+        ports: f
+            .ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Ok(PortSpec {
+                    name: p.name,
+                    port: int(&format!("ports[{i}].port"), Some(p.port), 0, 1, 65_535)?,
+                })
+            })
+            .collect::<Result<_, SpecError>>()?,
+        // 0 and above pass here; `validate` says what to do about 0.
+        replicas: int("replicas", f.replicas.map(|r| r.max(0)), 1, 0, i64::from(super::spec::MAX_REPLICAS))
+            .map_err(|_| {
+            err("replicas", format!("must be 1-{} (use `gantryctl stop` for 0)", super::spec::MAX_REPLICAS))
+        })?,
         restart,
         cpu_milli,
-        memory_mib: f.resources.memory_mib.unwrap_or(0),
+        memory_mib: int("resources.memory_mib", f.resources.memory_mib, 0, 0, MAX_MIB)?,
         gpu,
         constraints,
         policy,
@@ -282,7 +288,10 @@ fn gpu_request(g: &FileGpu) -> Result<GpuRequest, SpecError> {
             unused("profile", g.profile.is_some())?;
             unused("compute_pct", g.compute_pct.is_some())?;
             unused("memory_mib", g.memory_mib.is_some())?;
-            Ok(GpuRequest::Exclusive { count: g.count.unwrap_or(1), linked: g.linked.unwrap_or(false) })
+            Ok(GpuRequest::Exclusive {
+                count: int("gpu.count", g.count, 1, 1, 8)?,
+                linked: g.linked.unwrap_or(false),
+            })
         }
         "mig" => {
             unused("count", g.count.is_some())?;
@@ -296,8 +305,20 @@ fn gpu_request(g: &FileGpu) -> Result<GpuRequest, SpecError> {
             unused("linked", g.linked.is_some())?;
             unused("profile", g.profile.is_some())?;
             Ok(GpuRequest::Mps {
-                compute_pct: g.compute_pct.ok_or_else(|| need("compute_pct"))?,
-                memory_mib: g.memory_mib.ok_or_else(|| need("memory_mib"))?,
+                compute_pct: int(
+                    "gpu.compute_pct",
+                    Some(g.compute_pct.ok_or_else(|| need("compute_pct"))?),
+                    0,
+                    1,
+                    100,
+                )?,
+                memory_mib: int(
+                    "gpu.memory_mib",
+                    Some(g.memory_mib.ok_or_else(|| need("memory_mib"))?),
+                    0,
+                    1,
+                    MAX_MIB,
+                )?,
             })
         }
         "shared" => {
@@ -305,10 +326,36 @@ fn gpu_request(g: &FileGpu) -> Result<GpuRequest, SpecError> {
             unused("linked", g.linked.is_some())?;
             unused("profile", g.profile.is_some())?;
             unused("compute_pct", g.compute_pct.is_some())?;
-            Ok(GpuRequest::Shared { memory_mib: g.memory_mib.ok_or_else(|| need("memory_mib"))? })
+            Ok(GpuRequest::Shared {
+                memory_mib: int(
+                    "gpu.memory_mib",
+                    Some(g.memory_mib.ok_or_else(|| need("memory_mib"))?),
+                    0,
+                    1,
+                    MAX_MIB,
+                )?,
+            })
         }
         other => Err(err("gpu.mode", format!("{other:?} is not one of none, exclusive, mig, mps, shared"))),
     }
+}
+
+/// Memory a spec may name, in MiB (16 TiB).
+const MAX_MIB: i64 = 16 * 1024 * 1024;
+
+/// An integer field within `lo..=hi` (`default` when absent), in the type the spec holds.
+fn int<T: TryFrom<i64>>(
+    field: &str,
+    value: Option<i64>,
+    default: i64,
+    lo: i64,
+    hi: i64,
+) -> Result<T, SpecError> {
+    let v = value.unwrap_or(default);
+    if !(lo..=hi).contains(&v) {
+        return Err(err(field, format!("must be {lo}-{hi}, got {v}")));
+    }
+    T::try_from(v).map_err(|_| err(field, format!("must be {lo}-{hi}, got {v}")))
 }
 
 fn millis(field: &str, seconds: f64) -> Result<u64, SpecError> {
@@ -431,11 +478,24 @@ max_backoff_s = 30
         );
         assert_eq!(field_of(&format!("{base}[restart]\npolicy = \"sometimes\"\n")), "restart.policy");
         assert_eq!(field_of(&format!("{base}[resources]\ncpu = -1\n")), "resources.cpu");
-        // Unknown keys and type errors come from the TOML reader, with the line.
+        // Unknown keys and type errors name the field, the allowed values and the line.
         let e = parse_workload_toml(&format!("{base}replica = 2\n")).unwrap_err();
-        assert!(e.field.starts_with("line 3") && e.reason.contains("replica"), "{e}");
+        assert!(e.field == "replica" && e.reason.starts_with("unknown field"), "{e}");
+        assert!(e.reason.contains("line 3"), "{e}");
         let e = parse_workload_toml("name = \"w\"\nimage = \"i\"\nreplicas = \"two\"\n").unwrap_err();
-        assert!(e.field.starts_with("line"), "{e}");
+        assert!(e.field == "replicas" && e.reason.contains("expected an integer"), "{e}");
+        let e =
+            parse_workload_toml(&format!("{base}[gpu]\nmode = \"exclusive\"\ncount = 1000\n")).unwrap_err();
+        assert_eq!((e.field.as_str(), e.reason.as_str()), ("gpu.count", "must be 1-8, got 1000"));
+        let e =
+            parse_workload_toml(&format!("{base}[gpu]\nmode = \"mps\"\ncompute_pct = 300\nmemory_mib = 1\n"))
+                .unwrap_err();
+        assert_eq!((e.field.as_str(), e.reason.as_str()), ("gpu.compute_pct", "must be 1-100, got 300"));
+        let e =
+            parse_workload_toml(&format!("{base}[[ports]]\nname = \"http\"\nport = 70000\n")).unwrap_err();
+        assert_eq!(e.field, "ports[0].port");
+        let e = parse_workload_toml(&format!("{base}[gpu]\nmode = \"exclusive\"\ncolour = 1\n")).unwrap_err();
+        assert_eq!(e.field, "gpu.colour");
     }
 
     #[test]
