@@ -18,7 +18,9 @@ use gantry_common::identity::ALPN_AGENT;
 use gantry_common::rpc::{self, RpcError};
 use gantry_common::systemd;
 use gantry_common::tls::{self, Identity, COORDINATOR_SERVER_NAME};
-use gantry_common::wire::{AgentRequest, AgentResponse, DEFAULT_MAX_FRAME};
+use gantry_common::wire::{
+    assemble_desired, read_frame, AgentRequest, AgentResponse, DesiredChunk, DEFAULT_MAX_FRAME,
+};
 use gantry_common::workload::AllocReport;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -37,6 +39,12 @@ const WATCH_WAIT: Duration = Duration::from_secs(15);
 const REPORT_EVERY: Duration = Duration::from_millis(100);
 /// And at least this often, so a lost answer is repaired.
 const REPORT_REFRESH: Duration = Duration::from_secs(10);
+/// Most reports in one request (the leader takes at most 10,000).
+const REPORTS_PER_CALL: usize = 1_000;
+/// How long the chunks of one desired set may take to arrive.
+const DESIRED_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A link that lived this long was healthy: the next failure starts the backoff afresh.
+const STABLE_LINK: Duration = Duration::from_secs(10);
 
 pub struct Session {
     endpoint: quinn::Endpoint,
@@ -51,6 +59,8 @@ pub struct Session {
     /// Leader named by the last coordinator we spoke to.
     hint: Option<String>,
     failures: u32,
+    /// When the current link registered (a link that stays up a while resets the backoff).
+    registered_at: Option<std::time::Instant>,
     /// The address whose link failed last: not tried again first (it may be
     /// the leader that just died, whose calls only time out).
     last_failed: Option<String>,
@@ -96,6 +106,7 @@ impl Session {
             next,
             hint: None,
             failures: 0,
+            registered_at: None,
             last_failed: None,
             desired: Arc::new(link.desired),
             reports: link.reports,
@@ -126,11 +137,13 @@ impl Session {
                     Duration::from_millis(300)
                 }
                 End::Failed(reason) => {
-                    self.failures += 1;
+                    let stable = self.registered_at.take().is_some_and(|t| t.elapsed() >= STABLE_LINK);
+                    self.failures = if stable { 1 } else { self.failures.saturating_add(1) };
                     self.last_failed = Some(addr.clone());
-                    warn!(%addr, "coordinator link lost: {reason}");
+                    let pause = retry_pause(self.failures, fastrand::f64());
+                    warn!(%addr, retry_in = ?pause, "coordinator link lost: {reason}");
                     systemd::ready(&format!("retrying: {addr}: {reason}"));
-                    Duration::from_millis(200 * u64::from(self.failures.min(10)))
+                    pause
                 }
                 End::Refused(reason) => {
                     error!(%addr, "coordinator refused this agent: {reason}");
@@ -198,7 +211,7 @@ impl Session {
             Ok(AgentResponse::Registered) => {
                 info!(%addr, "registered with the leader");
                 systemd::ready(&format!("registered with leader {addr}"));
-                self.failures = 0;
+                self.registered_at = Some(std::time::Instant::now());
                 self.status.set_leader(Some(addr.to_string()));
             }
             Ok(other) => return unexpected(other),
@@ -284,7 +297,8 @@ fn unexpected(resp: AgentResponse) -> End {
 }
 
 /// Follows the node's desired allocations. The first call asks for an
-/// index no revision has, so the leader answers at once.
+/// index no revision has, so the leader answers at once. A changed set
+/// arrives as a head and chunks on one stream.
 async fn watch_allocs(
     conn: &quinn::Connection,
     addr: &str,
@@ -293,13 +307,14 @@ async fn watch_allocs(
 ) -> End {
     let mut index = u64::MAX;
     loop {
-        let req = AgentRequest::WatchAllocs {
+        let req = AgentRequest::WatchDesired {
             node: node.to_string(),
             index,
             wait_ms: WATCH_WAIT.as_millis() as u64,
         };
-        match call(conn, addr, req, WATCH_WAIT + CALL_TIMEOUT * 2).await {
-            Ok(AgentResponse::Allocs { index: next, allocs }) => {
+        let read = read_desired(conn, addr, &req).await;
+        match read {
+            Ok(Desired::Set { index: next, allocs }) => {
                 if next != index {
                     debug!(index = next, allocs = allocs.len(), "desired allocations changed");
                 }
@@ -314,11 +329,68 @@ async fn watch_allocs(
                     }
                 });
             }
-            Ok(AgentResponse::UnknownNode) => return End::Redirect(Some(addr.to_string())),
-            Ok(other) => return unexpected(other),
+            Ok(Desired::Unchanged) => {}
+            Ok(Desired::Other(AgentResponse::UnknownNode)) => return End::Redirect(Some(addr.to_string())),
+            Ok(Desired::Other(other)) => return unexpected(other),
             Err(e) => return e,
         }
     }
+}
+
+/// What one watch brought.
+enum Desired {
+    Set { index: u64, allocs: Vec<gantry_common::workload::DesiredAlloc> },
+    Unchanged,
+    Other(AgentResponse),
+}
+
+/// One watch: the head (after the long poll), then every chunk it announced.
+async fn read_desired(conn: &quinn::Connection, addr: &str, req: &AgentRequest) -> Result<Desired, End> {
+    let (head, mut recv): (AgentResponse, _) =
+        rpc::open_stream(conn, addr, req, DEFAULT_MAX_FRAME, WATCH_WAIT + CALL_TIMEOUT * 2).await.map_err(
+            |e| match e {
+                RpcError::Refused { reason, .. } => End::Refused(reason),
+                e => End::Failed(e.to_string()),
+            },
+        )?;
+    let (index, want_specs, want_allocs) = match head {
+        AgentResponse::Desired { index, specs, allocs } => (index, specs as usize, allocs as usize),
+        AgentResponse::DesiredUnchanged { .. } => return Ok(Desired::Unchanged),
+        other => return Ok(Desired::Other(other)),
+    };
+    let mut specs = Vec::new();
+    let mut allocs = Vec::new();
+    let read_all = async {
+        while specs.len() < want_specs || allocs.len() < want_allocs {
+            match read_frame::<DesiredChunk, _>(&mut recv, DEFAULT_MAX_FRAME).await {
+                Ok(Some(chunk)) => {
+                    specs.extend(chunk.specs);
+                    allocs.extend(chunk.allocs);
+                }
+                Ok(None) => {
+                    return Err(format!(
+                        "the stream ended after {} of {want_allocs} allocations",
+                        allocs.len()
+                    ))
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+            if specs.len() > want_specs || allocs.len() > want_allocs {
+                return Err("more chunks than announced".to_string());
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(DESIRED_READ_TIMEOUT, read_all).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(End::Failed(format!("reading the desired allocations: {e}"))),
+        Err(_) => return Err(End::Failed("reading the desired allocations timed out".into())),
+    }
+    let (set, orphans) = assemble_desired(&specs, allocs);
+    if !orphans.is_empty() {
+        warn!(?orphans, "the leader sent allocations without their workload's spec; ignoring them");
+    }
+    Ok(Desired::Set { index, allocs: set })
 }
 
 /// Sends what changed in the manager's reports since the last accepted
@@ -336,13 +408,20 @@ async fn send_reports(
         let changed: Vec<AllocReport> =
             current.values().filter(|r| sent.get(&r.id) != Some(*r)).cloned().collect();
         if !changed.is_empty() {
-            let req = AgentRequest::ReportAllocs { node: node.to_string(), reports: changed };
-            match call(conn, addr, req, CALL_TIMEOUT).await {
-                Ok(AgentResponse::ReportsAck) => sent = current,
-                Ok(AgentResponse::UnknownNode) => return End::Redirect(Some(addr.to_string())),
-                Ok(other) => return unexpected(other),
-                Err(e) => return e,
+            for batch in changed.chunks(REPORTS_PER_CALL) {
+                let req = AgentRequest::ReportAllocs { node: node.to_string(), reports: batch.to_vec() };
+                match call(conn, addr, req, CALL_TIMEOUT).await {
+                    Ok(AgentResponse::ReportsAck) => {
+                        for r in batch {
+                            sent.insert(r.id.clone(), r.clone());
+                        }
+                    }
+                    Ok(AgentResponse::UnknownNode) => return End::Redirect(Some(addr.to_string())),
+                    Ok(other) => return unexpected(other),
+                    Err(e) => return e,
+                }
             }
+            sent.retain(|id, _| current.contains_key(id));
         }
         tokio::time::sleep(REPORT_EVERY).await;
         tokio::select! {
@@ -362,6 +441,15 @@ fn heartbeat_timer(every: Duration) -> tokio::time::Interval {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick
+}
+
+/// How long to wait before the `failures`-th reconnect in a row: 200 ms
+/// doubling up to 5 s, jittered by ±25 % (`jitter` in 0..1) so a fleet that
+/// lost its leader together does not come back together.
+fn retry_pause(failures: u32, jitter: f64) -> Duration {
+    let base = 200.0 * 2f64.powi(failures.saturating_sub(1).min(10) as i32);
+    let ms = base.min(5_000.0) * (0.75 + 0.5 * jitter.clamp(0.0, 1.0));
+    Duration::from_millis(ms as u64)
 }
 
 /// The next coordinator to try, round robin from `next`, passing over
@@ -384,6 +472,16 @@ mod tests {
 
     fn list() -> Vec<String> {
         vec!["a".into(), "b".into(), "c".into()]
+    }
+
+    #[test]
+    fn reconnects_back_off_with_jitter_to_a_cap() {
+        use super::retry_pause;
+        let ms = |f, j| retry_pause(f, j).as_millis();
+        assert_eq!([1, 2, 3, 4].map(|f| ms(f, 0.5)), [200, 400, 800, 1600]);
+        assert_eq!(ms(30, 0.5), 5_000);
+        assert_eq!((ms(1, 0.0), ms(1, 1.0)), (150, 250));
+        assert_eq!(ms(30, 1.0), 6_250);
     }
 
     #[test]

@@ -193,6 +193,14 @@ pub struct MemberView {
     /// For the leader its commit index; for the others the last index the
     /// leader knows they hold (`None` when the answer does not come from the leader).
     pub commit_index: Option<u64>,
+    /// Whether the answering coordinator has a live connection to it (always
+    /// true for itself).
+    #[serde(default = "yes")]
+    pub reachable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -204,6 +212,9 @@ pub struct ClusterStatus {
     pub commit_index: Option<u64>,
     pub last_applied: Option<u64>,
     pub members: Vec<MemberView>,
+    /// Set when no leader answered: the answering coordinator's own view.
+    #[serde(default)]
+    pub stale: Option<Staleness>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -224,6 +235,10 @@ pub struct NodeView {
     pub drained: bool,
     /// Allocations on the node that hold resources.
     pub allocs: u32,
+    /// Why the node is not fully working although it may be `ready`: its
+    /// desired-allocation stream fails, or the scheduler leaves it out.
+    #[serde(default)]
+    pub problem: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -253,4 +268,103 @@ pub struct GpuView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+    /// The field (dotted path) the error is about, when it is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Why an operator request failed, by kind: the admin socket maps each kind
+/// to one HTTP status (`coordinator/src/admin`, tested there), the remote
+/// API and forwarding carry it as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// The request is wrong (a field, a value); nothing changed.
+    Invalid,
+    /// What it names does not exist.
+    NotFound,
+    /// It clashes with the state (e.g. the last voter cannot be removed).
+    Conflict,
+    /// No leader could take it now; nothing changed. Retry later.
+    Unavailable,
+    /// A write was sent but its outcome is not known (the leader changed or
+    /// went away while it was in flight): it may have been applied.
+    /// Retrying with the same idempotency key is safe.
+    OutcomeUnknown,
+    /// Something broke inside the coordinator.
+    Internal,
+}
+
+/// A failed operator request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiFailure {
+    pub kind: FailureKind,
+    pub message: String,
+    /// The field (dotted path) it is about, when it is about one.
+    #[serde(default)]
+    pub field: Option<String>,
+}
+
+impl ApiFailure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> ApiFailure {
+        ApiFailure { kind, message: message.into(), field: None }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiFailure {
+        ApiFailure::new(FailureKind::Invalid, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiFailure {
+        ApiFailure::new(FailureKind::NotFound, message)
+    }
+}
+
+/// Set on an answer that did not come from the leader's current state: no
+/// leader was reachable, so the answering coordinator used its own copy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Staleness {
+    /// Coordinator that answered.
+    pub answered_by: u64,
+    /// The last log index it applied: the state is as of this index.
+    pub applied_index: Option<u64>,
+    /// Seconds since it last knew a leader; `None` if it never did since it started.
+    pub leader_seen_s_ago: Option<f64>,
+    /// Why: `no leader` or the forwarding error.
+    pub reason: String,
+}
+
+impl Staleness {
+    /// `no leader: state of coordinator 2 as of index 5092, leader last seen 12.0s ago`
+    pub fn line(&self) -> String {
+        let index = self.applied_index.map_or("no applied entry".to_string(), |i| format!("as of index {i}"));
+        let seen = self.leader_seen_s_ago.map_or("no leader seen since it started".to_string(), |s| {
+            format!("leader last seen {s:.1}s ago")
+        });
+        format!(
+            "{}: state of coordinator {} {index}, {seen}; it may be out of date",
+            self.reason, self.answered_by
+        )
+    }
+}
+
+/// Header of an admin answer that is [`Staleness`] (its JSON).
+pub const STALE_HEADER: &str = "gantry-stale";
+/// Header that carries a write's idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// Checks an idempotency key: 1-64 ASCII letters, digits, `-` and `_`.
+pub fn validate_idempotency_key(key: &str) -> Result<(), ApiFailure> {
+    let ok = !key.is_empty()
+        && key.len() <= 64
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiFailure {
+            kind: FailureKind::Invalid,
+            message: format!("{IDEMPOTENCY_HEADER}: must be 1-64 ASCII letters, digits, '-' or '_'"),
+            field: Some(IDEMPOTENCY_HEADER.into()),
+        })
+    }
 }

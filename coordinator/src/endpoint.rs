@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::peer::messages::{PeerRequest, PeerResponse};
 use crate::peer::PEER_MAX_FRAME;
+use crate::service::desired::DesiredAnswer;
 use crate::service::Service;
 
 pub const SOFTWARE: &str = concat!("gantry-coordinator ", env!("CARGO_PKG_VERSION"));
@@ -145,6 +146,13 @@ async fn serve_agent_stream(
     let Some(req) = read_request::<AgentRequest>(&mut send, &mut recv, DEFAULT_MAX_FRAME).await? else {
         return Ok(());
     };
+    if let AgentRequest::WatchDesired { node, index, wait_ms } = &req {
+        let answer = match service.check_agent(who, &req) {
+            Err(refusal) => DesiredAnswer::Other(refusal),
+            Ok(()) => service.watch_desired(node, *index, Duration::from_millis(*wait_ms)).await,
+        };
+        return service.send_desired(node, answer, &mut send).await;
+    }
     let resp: AgentResponse = service.handle_agent(who, req).await;
     if let AgentResponse::Refused { reason } = &resp {
         info!(peer = %who, "agent request refused: {reason}");
@@ -160,7 +168,7 @@ async fn serve_api_stream(
     let Some(ApiCall(req)) = read_request::<ApiCall>(&mut send, &mut recv, DEFAULT_MAX_FRAME).await? else {
         return Ok(());
     };
-    let resp = ApiReply(service.handle_api(req).await);
+    let resp = ApiReply(service.handle_api(req, None).await.map(|a| a.response));
     respond(&mut send, &resp, DEFAULT_MAX_FRAME).await
 }
 

@@ -96,12 +96,14 @@ pub async fn run(
         peers,
         scheduler_stats: Default::default(),
         agent_links: Default::default(),
+        leader_seen: Default::default(),
     };
     let admin_listener = admin::bind(&config.admin_socket)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(endpoint::serve(endpoint.clone(), service.clone(), stop_rx.clone()));
     tasks.spawn(leader_loop::run(service.clone(), stop_rx.clone()));
+    tasks.spawn(service.leader_seen.clone().follow(raft.clone(), stop_rx.clone()));
     tasks.spawn(crate::scheduler::applier::run(service.clone(), stop_rx.clone()));
     tasks.spawn(rejoin::enable_elections(raft.clone(), config.id, rejoin_grace, stop_rx.clone()));
     tasks.spawn(watchdog::run(

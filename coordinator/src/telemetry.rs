@@ -32,6 +32,8 @@ pub struct Inner {
     pub liveness: Liveness,
     pub samples: HashMap<String, NodeSample>,
     pub heartbeats_received: u64,
+    /// Nodes whose last desired-set stream failed: when, and why.
+    pub stream_problems: HashMap<String, (Instant, String)>,
 }
 
 impl TelemetryStore {
@@ -41,6 +43,7 @@ impl TelemetryStore {
                 liveness: Liveness::new(node_down_after),
                 samples: HashMap::new(),
                 heartbeats_received: 0,
+                stream_problems: HashMap::new(),
             })),
         }
     }
@@ -74,5 +77,6 @@ impl TelemetryStore {
         let mut inner = self.lock();
         inner.liveness.lost_leadership();
         inner.samples.clear();
+        inner.stream_problems.clear();
     }
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use gantry_common::api::ApiError;
+use gantry_common::api::{ApiError, Staleness, IDEMPOTENCY_HEADER, STALE_HEADER};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -15,6 +15,19 @@ use tokio::net::UnixStream;
 
 /// How long one admin request may take (a write may wait for an election).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a write whose outcome is unknown is retried with its key.
+const WRITE_RETRY: Duration = Duration::from_secs(30);
+
+/// An error answer of the admin socket.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct CallError {
+    pub status: StatusCode,
+    pub error: String,
+    pub field: Option<String>,
+    /// A write that may or may not have been applied.
+    pub outcome_unknown: bool,
+}
 
 #[derive(Clone, Debug)]
 pub struct AdminClient {
@@ -27,56 +40,77 @@ impl AdminClient {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.request(Method::GET, path, None::<&()>).await
+        Ok(self.get_marked(path).await?.0)
     }
 
+    /// A read and, when no leader answered it, why it may be out of date.
+    pub async fn get_marked<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<(T, Option<Staleness>)> {
+        let (status, headers, bytes) = self.exchange(Method::GET, path, None, None).await?;
+        let value = decode(status, &bytes, path)?;
+        let stale = headers.get(STALE_HEADER).and_then(|v| serde_json::from_slice(v.as_bytes()).ok());
+        Ok((value, stale))
+    }
+
+    /// A write with an idempotency key. A write whose outcome is unknown (the
+    /// leader changed under it) is sent again with the same key, which is
+    /// safe: the cluster applies one key once.
     pub async fn send<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        self.request(method, path, Some(body)).await
+        let body = serde_json::to_vec(body).context("encoding the request")?;
+        let key = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let started = std::time::Instant::now();
+        loop {
+            let result = self.exchange(method.clone(), path, Some(body.clone()), Some(&key)).await;
+            let retry = match &result {
+                Ok((status, headers, bytes)) if !status.is_success() => {
+                    let e = call_error(*status, headers, bytes);
+                    e.outcome_unknown
+                }
+                Ok(_) => false,
+                Err(_) => false,
+            };
+            if retry && started.elapsed() < WRITE_RETRY {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            let (status, _, bytes) = result?;
+            return decode(status, &bytes, path);
+        }
     }
 
     /// A GET whose status and body the caller judges itself (used for the
     /// Docker engine's socket too, which speaks the same HTTP).
     pub async fn get_raw(&self, path: &str) -> anyhow::Result<(StatusCode, Bytes)> {
-        self.exchange(Method::GET, path, None).await
+        let (status, _, bytes) = self.exchange(Method::GET, path, None, None).await?;
+        Ok((status, bytes))
     }
 
     /// A GET whose answer streams (an allocation's logs): its body once the
     /// status is a success, else the coordinator's error message. Only the
     /// wait for the status line is bounded; the body may go on for ever.
     pub async fn get_stream(&self, path: &str) -> anyhow::Result<hyper::body::Incoming> {
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send_request(Method::GET, path, None))
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send_request(Method::GET, path, None, None))
             .await
             .map_err(|_| anyhow!("the coordinator did not answer within {REQUEST_TIMEOUT:?}"))??;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp.into_body());
         }
+        let headers = resp.headers().clone();
         let bytes = tokio::time::timeout(REQUEST_TIMEOUT, resp.into_body().collect())
             .await
             .ok()
             .and_then(Result::ok)
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        Err(anyhow!("{}", error_message(status, &bytes)))
-    }
-
-    async fn request<B: Serialize, T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&B>,
-    ) -> anyhow::Result<T> {
-        let body = body.map(serde_json::to_vec).transpose().context("encoding the request")?;
-        let (status, bytes) = self.exchange(method, path, body).await?;
-        if !status.is_success() {
-            return Err(anyhow!("{}", error_message(status, &bytes)));
-        }
-        serde_json::from_slice(&bytes).with_context(|| format!("decoding the answer to {path}"))
+        Err(call_error(status, &headers, &bytes).into())
     }
 
     async fn exchange(
@@ -84,12 +118,14 @@ impl AdminClient {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        key: Option<&str>,
+    ) -> anyhow::Result<(StatusCode, hyper::HeaderMap, Bytes)> {
         let work = async {
-            let resp = self.send_request(method, path, body).await?;
+            let resp = self.send_request(method, path, body, key).await?;
             let status = resp.status();
+            let headers = resp.headers().clone();
             let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
-            Ok::<_, anyhow::Error>((status, bytes))
+            Ok::<_, anyhow::Error>((status, headers, bytes))
         };
         tokio::time::timeout(REQUEST_TIMEOUT, work)
             .await
@@ -102,6 +138,7 @@ impl AdminClient {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
+        key: Option<&str>,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let stream = UnixStream::connect(&self.socket).await.with_context(|| {
             format!(
@@ -116,19 +153,31 @@ impl AdminClient {
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
+        if let Some(key) = key {
+            req = req.header(IDEMPOTENCY_HEADER, key);
+        }
         let req =
             req.body(Full::new(Bytes::from(body.unwrap_or_default()))).context("building the request")?;
         sender.send_request(req).await.context("sending the request")
     }
 }
 
-/// The message of an error answer: the JSON `error`, else the body as text.
-fn error_message(status: StatusCode, bytes: &[u8]) -> String {
-    match serde_json::from_slice::<ApiError>(bytes) {
-        Ok(e) => e.error,
-        Err(_) if bytes.is_empty() => format!("the coordinator answered {status}"),
-        Err(_) => String::from_utf8_lossy(bytes).trim().to_string(),
+fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8], path: &str) -> anyhow::Result<T> {
+    if !status.is_success() {
+        return Err(call_error(status, &hyper::HeaderMap::new(), bytes).into());
     }
+    serde_json::from_slice(bytes).with_context(|| format!("decoding the answer to {path}"))
+}
+
+/// An error answer: the JSON `error` (and `field`), else the body as text.
+fn call_error(status: StatusCode, headers: &hyper::HeaderMap, bytes: &[u8]) -> CallError {
+    let outcome_unknown = headers.get("gantry-outcome").is_some_and(|v| v.as_bytes() == b"unknown");
+    let (error, field) = match serde_json::from_slice::<ApiError>(bytes) {
+        Ok(e) => (e.error, e.field),
+        Err(_) if bytes.is_empty() => (format!("the coordinator answered {status}"), None),
+        Err(_) => (String::from_utf8_lossy(bytes).trim().to_string(), None),
+    };
+    CallError { status, error, field, outcome_unknown }
 }
 
 /// Percent-encodes one path segment or query value: names are plain, but a

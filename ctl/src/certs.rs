@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::out::outln;
 use anyhow::Context;
 use gantry_common::identity::{PeerIdentity, Role};
 use gantry_common::tls::{self, TlsFiles, CA_KEY_FILE};
@@ -91,13 +92,13 @@ pub fn run(args: CertsArgs, json: bool) -> anyhow::Result<()> {
                     "ca_cert": ca_cert,
                     "ca_key": ca_key,
                 });
-                println!("{out}");
+                outln!("{out}");
             } else {
-                println!("Created cluster CA {cluster_name:?}:");
-                println!("  certificate  {}", ca_cert.display());
-                println!("  private key  {}  (keep it secret and off the cluster's hosts)", ca_key.display());
-                println!();
-                println!("Next: gantryctl certs issue --dir {} --role coordinator --name NAME", shell(&dir));
+                outln!("Created cluster CA {cluster_name:?}:");
+                outln!("  certificate  {}", ca_cert.display());
+                outln!("  private key  {}  (keep it secret and off the cluster's hosts)", ca_key.display());
+                outln!();
+                outln!("Next: gantryctl certs issue --dir {} --role coordinator --name NAME", shell(&dir));
             }
         }
         CertsCommand::Issue { dir, role, name, sans, days } => {
@@ -126,18 +127,18 @@ fn print_issued(
             "days": days,
             "files": serde_json::to_value(files)?,
         });
-        println!("{out}");
+        outln!("{out}");
         return Ok(());
     }
-    println!("Issued {peer} certificate ({}), valid {days} days:", peer.to_uri());
-    println!("  CA           {}", files.ca.display());
-    println!("  certificate  {}", files.cert.display());
-    println!("  private key  {}  (mode 0600)", files.key.display());
+    outln!("Issued {peer} certificate ({}), valid {days} days:", peer.to_uri());
+    outln!("  CA           {}", files.ca.display());
+    outln!("  certificate  {}", files.cert.display());
+    outln!("  private key  {}  (mode 0600)", files.key.display());
     if !sans.is_empty() {
-        println!("  extra names  {}", sans.join(", "));
+        outln!("  extra names  {}", sans.join(", "));
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "Copy these three files to the {} host and point the `[tls]` section of its config (ca, cert, key) at them.",
         peer.role
     );

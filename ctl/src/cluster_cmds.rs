@@ -9,15 +9,31 @@ use hyper::Method;
 use serde_json::Value;
 
 use crate::admin_client::AdminClient;
+use crate::out::{out, outln};
 use crate::table::{opt, render};
 
 pub async fn status(client: &AdminClient, local: bool, json: bool) -> anyhow::Result<()> {
-    let s: ClusterStatus = client.get(if local { "/v1/status?local=true" } else { "/v1/status" }).await?;
+    let (s, _): (ClusterStatus, _) =
+        client.get_marked(if local { "/v1/status?local=true" } else { "/v1/status" }).await?;
+    let quorum = quorum_problem(&s);
     if json {
-        return print_json(&s);
+        print_json(&s)?;
+    } else {
+        out!("{}", render(&["ID", "ADDRESS", "ROLE", "TERM", "COMMIT"], &member_rows(&s)));
+        if let Some(stale) = &s.stale {
+            eprintln!("warning: {}", stale.line());
+        }
     }
-    let rows: Vec<Vec<String>> = s
-        .members
+    match quorum {
+        // --local asks one coordinator about itself: no quorum judgement.
+        Some(problem) if !local => anyhow::bail!("{problem}"),
+        _ => Ok(()),
+    }
+}
+
+/// One row per coordinator; one this coordinator cannot reach says so.
+pub fn member_rows(s: &ClusterStatus) -> Vec<Vec<String>> {
+    s.members
         .iter()
         .map(|m| {
             let role = match m.role {
@@ -25,34 +41,61 @@ pub async fn status(client: &AdminClient, local: bool, json: bool) -> anyhow::Re
                 MemberRole::Follower => "follower",
                 MemberRole::Learner => "learner",
             };
-            vec![
-                m.id.to_string(),
-                m.address.clone(),
-                role.to_string(),
-                m.term.to_string(),
-                opt(m.commit_index),
-            ]
+            let role = if m.reachable { role.to_string() } else { format!("{role} (unreachable)") };
+            vec![m.id.to_string(), m.address.clone(), role, m.term.to_string(), opt(m.commit_index)]
         })
-        .collect();
-    print!("{}", render(&["ID", "ADDRESS", "ROLE", "TERM", "COMMIT"], &rows));
-    if s.leader.is_none() {
-        println!("\nno leader elected (answered by coordinator {})", s.answered_by);
+        .collect()
+}
+
+/// Why the cluster cannot take writes, when it cannot: no leader, or fewer
+/// voters reachable than a majority.
+pub fn quorum_problem(s: &ClusterStatus) -> Option<String> {
+    let voters: Vec<_> = s.members.iter().filter(|m| m.role != MemberRole::Learner).collect();
+    let reachable = voters.iter().filter(|m| m.reachable).count();
+    let majority = voters.len() / 2 + 1;
+    if s.leader.is_none() || s.stale.is_some() {
+        return Some(format!(
+            "no quorum: no leader (coordinator {} answered; {reachable} of {} voters reachable from it, a \
+             majority is {majority}). Writes are refused and views may be out of date",
+            s.answered_by,
+            voters.len()
+        ));
     }
-    Ok(())
+    (reachable < majority).then(|| {
+        format!("no quorum: {reachable} of {} voters reachable, a majority is {majority}", voters.len())
+    })
+}
+
+/// Prints why an answer may be out of date: a line on stderr, or (with
+/// `--json`) a JSON object there, so stdout keeps the data's own shape.
+pub fn warn_stale(stale: Option<&gantry_common::api::Staleness>, json: bool) {
+    let Some(stale) = stale else { return };
+    if json {
+        eprintln!("{}", serde_json::json!({ "warning": stale.line(), "stale": stale }));
+    } else {
+        eprintln!("warning: {}", stale.line());
+    }
 }
 
 pub async fn nodes(client: &AdminClient, json: bool) -> anyhow::Result<()> {
-    let nodes: Vec<NodeView> = client.get("/v1/nodes").await?;
+    let (nodes, stale): (Vec<NodeView>, _) = client.get_marked("/v1/nodes").await?;
+    warn_stale(stale.as_ref(), json);
     if json {
         return print_json(&nodes);
     }
-    print!(
+    out!(
         "{}",
         render(
             &["NAME", "STATUS", "HEARTBEAT", "CPUS", "MEMORY", "GPUS", "ALLOCS", "BACKEND", "LABELS"],
             &node_rows(&nodes)
         )
     );
+    for n in nodes.iter().filter(|n| n.problem.is_some()) {
+        out!(
+            "{}",
+            crate::table::clean(&format!("{}: {}\n", n.name, n.problem.as_deref().unwrap_or_default()))
+        );
+    }
     Ok(())
 }
 
@@ -62,11 +105,13 @@ pub fn node_rows(nodes: &[NodeView]) -> Vec<Vec<String>> {
         .iter()
         .map(|n| {
             let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let status = if n.drained {
-                format!("{},drained", n.status.as_str())
-            } else {
-                n.status.as_str().to_string()
-            };
+            let mut status = n.status.as_str().to_string();
+            if n.drained {
+                status.push_str(",drained");
+            }
+            if n.problem.is_some() {
+                status.push_str(",problem");
+            }
             vec![
                 n.name.clone(),
                 status,
@@ -83,11 +128,12 @@ pub fn node_rows(nodes: &[NodeView]) -> Vec<Vec<String>> {
 }
 
 pub async fn gpus(client: &AdminClient, json: bool) -> anyhow::Result<()> {
-    let gpus: Vec<GpuView> = client.get("/v1/gpus").await?;
+    let (gpus, stale): (Vec<GpuView>, _) = client.get_marked("/v1/gpus").await?;
+    warn_stale(stale.as_ref(), json);
     if json {
         return print_json(&gpus);
     }
-    print!(
+    out!(
         "{}",
         render(
             &[
@@ -145,7 +191,9 @@ pub async fn label(client: &AdminClient, node: &str, changes: &[String], json: b
         }
     }
     let body = serde_json::json!({ "set": set, "remove": remove });
-    let resp: Value = client.send(Method::PUT, &format!("/v1/nodes/{node}/labels"), &body).await?;
+    let resp: Value = client
+        .send(Method::PUT, &format!("/v1/nodes/{}/labels", crate::admin_client::encode(node)), &body)
+        .await?;
     done(resp, json, &format!("labels of {node} updated"))
 }
 
@@ -164,12 +212,12 @@ fn done(resp: Value, json: bool, message: &str) -> anyhow::Result<()> {
     if json {
         return print_json(&resp);
     }
-    println!("{message} (log index {})", resp.get("log_index").cloned().unwrap_or(Value::Null));
+    outln!("{message} (log index {})", resp.get("log_index").cloned().unwrap_or(Value::Null));
     Ok(())
 }
 
 pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v).context("encoding JSON")?);
+    outln!("{}", serde_json::to_string_pretty(v).context("encoding JSON")?);
     Ok(())
 }
 
@@ -195,6 +243,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             drained,
             allocs: 3,
+            problem: None,
         }
     }
 
@@ -203,6 +252,44 @@ mod tests {
         let rows = node_rows(&[node(false), node(true)]);
         assert_eq!(rows[0], ["node-1", "ready", "0.4s", "16", "64 GiB", "4", "3", "sim", "dev=true"]);
         assert_eq!(rows[1][1], "ready,drained");
+        let mut bad = node(false);
+        bad.problem = Some("not scheduled: GPU 0 (L40S) is in MIG mode".into());
+        assert_eq!(node_rows(&[bad])[0][1], "ready,problem");
+    }
+
+    fn status(leader: Option<u64>, reachable: [bool; 3]) -> ClusterStatus {
+        ClusterStatus {
+            answered_by: 1,
+            leader,
+            term: 4,
+            commit_index: Some(9),
+            last_applied: Some(9),
+            members: (0..3)
+                .map(|i| gantry_common::api::MemberView {
+                    id: i + 1,
+                    address: format!("127.0.0.1:{}", 7400 + i),
+                    role: if leader == Some(i + 1) { MemberRole::Leader } else { MemberRole::Follower },
+                    term: 4,
+                    commit_index: None,
+                    reachable: reachable[i as usize],
+                })
+                .collect(),
+            stale: None,
+        }
+    }
+
+    #[test]
+    fn quorum_is_judged_from_the_leader_and_reachable_voters() {
+        assert_eq!(quorum_problem(&status(Some(1), [true, true, false])), None);
+        let e = quorum_problem(&status(None, [true, false, false])).unwrap();
+        assert!(
+            e.starts_with("no quorum: no leader (coordinator 1 answered; 1 of 3 voters reachable"),
+            "{e}"
+        );
+        let e = quorum_problem(&status(Some(1), [true, false, false])).unwrap();
+        assert_eq!(e, "no quorum: 1 of 3 voters reachable, a majority is 2");
+        let rows = member_rows(&status(Some(1), [true, false, true]));
+        assert_eq!(rows[1][2], "follower (unreachable)");
     }
 
     #[test]

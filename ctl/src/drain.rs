@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::admin_client::{encode, AdminClient};
 use crate::cluster_cmds::print_json;
+use crate::out::outln;
 use crate::wait::{self, round_ms, StatusLine, PENDING_GRACE, POLL};
 
 pub async fn drain(
@@ -33,11 +34,9 @@ pub async fn drain(
             return print_json(&serde_json::json!({ "node": node, "drain": drain, "log_index": log_index }));
         }
         if drain {
-            println!("node {node}: drained (log index {log_index}); its replicas move elsewhere");
+            outln!("node {node}: drained (log index {log_index}); its replicas move elsewhere");
         } else {
-            println!(
-                "node {node}: undrained (log index {log_index}); new replicas may be placed there again"
-            );
+            outln!("node {node}: undrained (log index {log_index}); new replicas may be placed there again");
         }
         return Ok(());
     }
@@ -53,7 +52,7 @@ pub async fn drain(
             "drained_s": round_ms(took),
         }));
     }
-    println!("node {node}: drained after {:.1}s; nothing runs there", took.as_secs_f64());
+    outln!("node {node}: drained after {:.1}s; nothing runs there", took.as_secs_f64());
     Ok(())
 }
 

@@ -77,14 +77,16 @@ pub fn logs_path(id: &str, follow: bool, tail: Option<u64>) -> String {
     path
 }
 
-/// Finds an allocation by its id, or by a prefix of it that picks one (e.g.
-/// the workload name when one replica runs). Live allocations win over
-/// stopped ones when a prefix matches several.
+/// Finds an allocation by its id, or by the leading parts of it that pick
+/// one: the workload name (`llm`) or the workload and replica (`llm.0`).
+/// Parts are whole: `llm` never picks an allocation of `llm2`. Live
+/// allocations win over stopped ones when several match.
 pub fn find_alloc<'a>(allocs: &'a [AllocView], query: &str) -> Result<&'a AllocView, String> {
     if let Some(a) = allocs.iter().find(|a| a.id == query) {
         return Ok(a);
     }
-    let matches: Vec<&AllocView> = allocs.iter().filter(|a| a.id.starts_with(query)).collect();
+    let prefix = format!("{query}.");
+    let matches: Vec<&AllocView> = allocs.iter().filter(|a| a.id.starts_with(&prefix)).collect();
     let live: Vec<&AllocView> = matches.iter().copied().filter(|a| !wait::is_terminal(&a.actual)).collect();
     match (matches.as_slice(), live.as_slice()) {
         ([], _) => Err(format!("no allocation {query:?}; `gantryctl allocs --all` lists them")),
@@ -137,6 +139,14 @@ mod tests {
             "\"w\" matches 9 allocations (w.0.0, w.1.1, w.2.2, w.3.3, w.4.4, w.5.5, …); give the whole id"
         );
         assert!(find_alloc(&allocs, "nope").unwrap_err().contains("gantryctl allocs --all"));
+        // A workload whose name extends another's is never picked by the shorter name.
+        let two = vec![
+            alloc("infer.0.1", 1, "run", "running", "healthy"),
+            alloc("infer2.0.2", 1, "run", "running", "healthy"),
+        ];
+        assert_eq!(find_alloc(&two, "infer").unwrap().id, "infer.0.1");
+        assert_eq!(find_alloc(&two, "infer2").unwrap().id, "infer2.0.2");
+        assert!(find_alloc(&two, "inf").is_err(), "a part of a name is not a name");
     }
 
     #[test]

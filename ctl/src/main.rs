@@ -19,6 +19,7 @@ mod cluster_cmds;
 mod dev;
 mod drain;
 mod logs;
+mod out;
 mod sim;
 mod table;
 mod wait;
@@ -189,7 +190,22 @@ enum ClusterCmd {
 }
 
 fn main() -> std::process::ExitCode {
-    gantry_common::exit::report(run(Cli::parse()))
+    let cli = Cli::parse();
+    let json = cli.json;
+    let result = run(cli);
+    if json {
+        if let Err(e) = &result {
+            // Scripts read errors as JSON too: `{"error": "...", "field": "..."}` on stderr.
+            let field = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<admin_client::CallError>())
+                .and_then(|c| c.field.clone());
+            let body = serde_json::json!({ "error": format!("{e:#}"), "field": field });
+            eprintln!("{body}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    gantry_common::exit::report(result)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

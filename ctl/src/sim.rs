@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::out::outln;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use gantry_placement::replay::{PolicyResult, ReplayConfig, Trace, LEVELS};
@@ -85,7 +86,7 @@ fn replay(a: ReplayArgs, json: bool) -> Result<()> {
                 None => bail!("no policy ran"),
             }
         };
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_table(&trace, &config, &results);
     }
@@ -93,7 +94,7 @@ fn replay(a: ReplayArgs, json: bool) -> Result<()> {
 }
 
 fn print_table(trace: &Trace, config: &ReplayConfig, results: &[PolicyResult]) {
-    println!(
+    outln!(
         "{} nodes, {} GPUs, {} tasks; {} seeds, inflation {}",
         trace.nodes.len(),
         trace.gpu_count(),
@@ -101,13 +102,13 @@ fn print_table(trace: &Trace, config: &ReplayConfig, results: &[PolicyResult]) {
         config.seeds.len(),
         config.inflate
     );
-    println!("unallocated GPU % at arrival level (mean over seeds):");
+    outln!("unallocated GPU % at arrival level (mean over seeds):");
     let mut header = format!("{:<14}", "policy");
     for l in LEVELS {
         header.push_str(&format!("{:>8}", format!("{l}%")));
     }
     header.push_str(&format!("{:>10}", "frag %"));
-    println!("{header}");
+    outln!("{header}");
     for r in results {
         let mut line = format!("{:<14}", r.policy.name());
         for l in LEVELS {
@@ -115,7 +116,7 @@ fn print_table(trace: &Trace, config: &ReplayConfig, results: &[PolicyResult]) {
             line.push_str(&format!("{v:>8.2}"));
         }
         line.push_str(&format!("{:>10.2}", r.fragmentation_pct));
-        println!("{line}");
+        outln!("{line}");
     }
 }
 

@@ -1,7 +1,28 @@
-//! Aligned text tables for human output.
+//! Aligned text tables for human output. Every cell is escaped: a control
+//! character (a line break, an escape sequence) in a label, a name or a
+//! message shows as `\r`, `\u{1b}`…, so nothing a node or a workload
+//! reports can forge rows or move the terminal's cursor.
+
+/// A cell as it may be printed: control characters escaped.
+pub fn clean(cell: &str) -> String {
+    if !cell.chars().any(char::is_control) {
+        return cell.to_string();
+    }
+    let mut out = String::with_capacity(cell.len() + 8);
+    for c in cell.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// Renders rows under a header, each column as wide as its widest cell.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| clean(c)).collect()).collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -38,6 +59,14 @@ pub fn opt<T: ToString>(v: Option<T>) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_so_rows_cannot_be_forged() {
+        let t = render(&["NAME", "LABELS"], &[vec!["node-1".into(), "x=a\r\nnode-9  ready\u{1b}[2J".into()]]);
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(t.contains("x=a\\r\\nnode-9  ready\\u{1b}[2J"), "{t}");
+        assert_eq!(clean("plain é"), "plain é");
+    }
 
     #[test]
     fn columns_align() {

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::admin_client::{encode, AdminClient};
 use crate::cluster_cmds::print_json;
+use crate::out::{out, outln};
 use crate::table::render;
 use crate::wait::{self, round_ms, RolloutDone};
 
@@ -64,7 +65,7 @@ pub async fn run(
         if json {
             return print_json(&result);
         }
-        println!("{}", submitted_line(&result));
+        outln!("{}", submitted_line(&result));
         return Ok(());
     }
     if !json {
@@ -74,7 +75,7 @@ pub async fn run(
     if json {
         return print_json(&done);
     }
-    print!("{}", rollout_report(&done, spec.health.is_some()));
+    out!("{}", rollout_report(&done, spec.health.is_some()));
     Ok(())
 }
 
@@ -107,15 +108,16 @@ pub fn rollout_report(done: &RolloutDone, has_health_check: bool) -> String {
 }
 
 pub async fn workloads(client: &AdminClient, json: bool) -> anyhow::Result<()> {
-    let views: Vec<WorkloadView> = client.get("/v1/workloads").await?;
+    let (views, stale): (Vec<WorkloadView>, _) = client.get_marked("/v1/workloads").await?;
+    crate::cluster_cmds::warn_stale(stale.as_ref(), json);
     if json {
         return print_json(&views);
     }
     if views.is_empty() {
-        println!("no workloads; submit one with `gantryctl run FILE`");
+        outln!("no workloads; submit one with `gantryctl run FILE`");
         return Ok(());
     }
-    print!(
+    out!(
         "{}",
         render(
             &["NAME", "VERSION", "RUNTIME", "TARGET", "GPU", "REPLICAS", "HEALTHY", "STATUS", "REASON"],
@@ -154,7 +156,8 @@ pub async fn allocs(
         Some(w) => format!("/v1/allocs?workload={}", encode(w)),
         None => "/v1/allocs".to_string(),
     };
-    let allocs: Vec<AllocView> = client.get(&path).await?;
+    let (allocs, stale): (Vec<AllocView>, _) = client.get_marked(&path).await?;
+    crate::cluster_cmds::warn_stale(stale.as_ref(), json);
     let shown = visible(&allocs, all);
     if json {
         return print_json(&shown);
@@ -162,13 +165,13 @@ pub async fn allocs(
     if shown.is_empty() {
         let hidden = allocs.len();
         if hidden > 0 {
-            println!("no live allocations ({hidden} stopped ones hidden; --all shows them)");
+            outln!("no live allocations ({hidden} stopped ones hidden; --all shows them)");
         } else {
-            println!("no allocations");
+            outln!("no allocations");
         }
         return Ok(());
     }
-    print!(
+    out!(
         "{}",
         render(
             &["ID", "WORKLOAD", "NODE", "GPU", "DESIRED", "ACTUAL", "HEALTH", "RESTARTS", "ENDPOINT/MESSAGE"],
@@ -233,7 +236,7 @@ pub async fn stop(
         if json {
             return print_json(&resp);
         }
-        println!("workload {workload}: stop requested (log index {log_index})");
+        outln!("workload {workload}: stop requested (log index {log_index})");
         return Ok(());
     }
     let took = wait::follow_stop(client, workload, timeout).await?;
@@ -244,7 +247,7 @@ pub async fn stop(
             "stopped_s": round_ms(took),
         }));
     }
-    println!("workload {workload}: every replica stopped after {:.1}s", took.as_secs_f64());
+    outln!("workload {workload}: every replica stopped after {:.1}s", took.as_secs_f64());
     Ok(())
 }
 

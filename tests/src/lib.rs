@@ -264,7 +264,14 @@ pub fn ctl<T: DeserializeOwned>(socket: &Path, args: &[&str]) -> anyhow::Result<
         .output()
         .context("running gantryctl")?;
     if !out.status.success() {
-        bail!("gantryctl {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        // With --json an error is `{"error": ..., "field": ...}` on stderr's last line.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.trim().lines().last().unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(last)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| stderr.trim().to_string());
+        bail!("gantryctl {args:?}: {message}");
     }
     serde_json::from_slice(&out.stdout).with_context(|| format!("gantryctl {args:?} printed no JSON"))
 }

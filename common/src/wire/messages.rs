@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiRequest, ApiResponse};
 use crate::model::{GpuTelemetry, HostTelemetry, NodeInfo};
-use crate::workload::{AllocReport, DesiredAlloc};
+use crate::workload::{AllocReport, Allocation, DesiredAlloc, WorkloadSpec};
 
 /// Version of the wire protocol. Bumped on any incompatible change.
 ///
@@ -53,8 +53,11 @@ pub enum AgentRequest {
     Heartbeat(Heartbeat),
     /// The node's desired allocations, once they differ from `index` (a long
     /// poll: the leader answers at once when they changed, else after up to
-    /// `wait_ms` with the same index).
-    WatchAllocs { node: String, index: u64, wait_ms: u64 },
+    /// `wait_ms` with [`AgentResponse::DesiredUnchanged`]). A changed set is
+    /// answered as [`AgentResponse::Desired`] followed by [`DesiredChunk`]
+    /// frames on the same stream, so no size of a node's set can exceed a
+    /// frame: each workload's spec travels once, each allocation once.
+    WatchDesired { node: String, index: u64, wait_ms: u64 },
     /// What the agent observed of its allocations (only those that changed).
     ReportAllocs { node: String, reports: Vec<AllocReport> },
 }
@@ -102,7 +105,7 @@ impl AgentRequest {
         match self {
             AgentRequest::Register(info) => &info.name,
             AgentRequest::Heartbeat(hb) => &hb.node,
-            AgentRequest::WatchAllocs { node, .. } | AgentRequest::ReportAllocs { node, .. } => node,
+            AgentRequest::WatchDesired { node, .. } | AgentRequest::ReportAllocs { node, .. } => node,
         }
     }
 }
@@ -120,11 +123,16 @@ pub struct Heartbeat {
 pub enum AgentResponse {
     Registered,
     HeartbeatAck,
-    /// Every allocation of the node that the agent should know about (to run
-    /// or to stop), as of `index`.
-    Allocs {
+    /// The node's desired set as of `index` changed: `specs` workload specs
+    /// and `allocs` allocations follow in [`DesiredChunk`] frames.
+    Desired {
         index: u64,
-        allocs: Vec<DesiredAlloc>,
+        specs: u32,
+        allocs: u32,
+    },
+    /// The set is still the one of `index`.
+    DesiredUnchanged {
+        index: u64,
     },
     ReportsAck,
     /// The node is not registered (for example after the state was reset): register again.
@@ -139,12 +147,71 @@ pub enum AgentResponse {
     },
 }
 
+/// One part of a desired set (after [`AgentResponse::Desired`]): every
+/// allocation of the node the agent should know (to run, or to stop and not
+/// yet confirmed), and the current spec of each of their workloads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DesiredChunk {
+    pub specs: Vec<WorkloadSpec>,
+    pub allocs: Vec<Allocation>,
+}
+
+/// What a chunk should stay under; one spec or allocation more may pass it
+/// (a spec is at most [`crate::workload::spec::MAX_SPEC_BYTES`]).
+pub const DESIRED_CHUNK_BYTES: usize = 1 << 20;
+
+/// Splits a desired set into chunks of about [`DESIRED_CHUNK_BYTES`] each
+/// (at least one, even for an empty set).
+pub fn desired_chunks(specs: Vec<WorkloadSpec>, allocs: Vec<Allocation>, target: usize) -> Vec<DesiredChunk> {
+    let mut out = vec![DesiredChunk::default()];
+    let mut used = 0usize;
+    for spec in specs {
+        let size = crate::schema::encode(&spec).map_or(target, |b| b.len());
+        if used > 0 && used + size > target {
+            out.push(DesiredChunk::default());
+            used = 0;
+        }
+        used += size;
+        if let Some(last) = out.last_mut() {
+            last.specs.push(spec);
+        }
+    }
+    for alloc in allocs {
+        let size = crate::schema::encode(&alloc).map_or(target, |b| b.len());
+        if used > 0 && used + size > target {
+            out.push(DesiredChunk::default());
+            used = 0;
+        }
+        used += size;
+        if let Some(last) = out.last_mut() {
+            last.allocs.push(alloc);
+        }
+    }
+    out
+}
+
+/// Puts a desired set back together: each allocation with its workload's
+/// spec. An allocation whose spec is missing is left out (and named).
+pub fn assemble_desired(specs: &[WorkloadSpec], allocs: Vec<Allocation>) -> (Vec<DesiredAlloc>, Vec<String>) {
+    let by_name: std::collections::BTreeMap<&str, &WorkloadSpec> =
+        specs.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut set = Vec::with_capacity(allocs.len());
+    let mut orphans = Vec::new();
+    for alloc in allocs {
+        match by_name.get(alloc.workload.as_str()) {
+            Some(spec) => set.push(DesiredAlloc { spec: (*spec).clone(), alloc }),
+            None => orphans.push(alloc.id),
+        }
+    }
+    (set, orphans)
+}
+
 /// Requests a remote operator client sends over `gantry-api/1`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ApiCall(pub ApiRequest);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ApiReply(pub Result<ApiResponse, String>);
+pub struct ApiReply(pub Result<ApiResponse, crate::api::ApiFailure>);
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -249,10 +316,8 @@ mod tests {
             failures: 0,
             start_failed: false,
         };
-        round_trip(AgentResponse::Allocs {
-            index: 9,
-            allocs: vec![crate::workload::DesiredAlloc { alloc, spec: spec.clone() }],
-        });
+        round_trip(AgentResponse::Desired { index: 9, specs: 1, allocs: 1 });
+        round_trip(DesiredChunk { specs: vec![spec.clone()], allocs: vec![alloc] });
         round_trip(AgentRequest::ReportAllocs {
             node: "n1".into(),
             reports: vec![crate::workload::AllocReport {
@@ -269,6 +334,50 @@ mod tests {
             }],
         });
         round_trip(ApiCall(ApiRequest::SubmitWorkload { spec: Box::new(spec) }));
+    }
+
+    #[test]
+    fn a_desired_set_is_cut_into_bounded_chunks_and_put_back_together() {
+        let spec = |name: &str| {
+            crate::workload::parse_workload_toml(&format!(
+                "name = \"{name}\"\ncommand = \"/bin/x\"\n[env]\nBIG = \"{}\"\n",
+                "x".repeat(4000)
+            ))
+            .unwrap()
+        };
+        let alloc = |w: &str, i: u32| {
+            crate::workload::Allocation::pending(
+                format!("{w}.{i}.{i}"),
+                crate::workload::NewAlloc {
+                    workload: w.into(),
+                    version: 1,
+                    replica: i,
+                    node: "n1".into(),
+                    gpus: vec![],
+                    cpu_milli: 0,
+                    memory_mib: 0,
+                },
+            )
+        };
+        let specs = vec![spec("a"), spec("b")];
+        let allocs: Vec<_> = (0..5_000).map(|i| alloc(if i % 2 == 0 { "a" } else { "b" }, i)).collect();
+        let chunks = desired_chunks(specs.clone(), allocs.clone(), 64 * 1024);
+        assert!(chunks.len() > 10, "{} chunks", chunks.len());
+        for c in &chunks {
+            let bytes = crate::schema::encode(c).unwrap();
+            assert!(bytes.len() < 64 * 1024 + 8 * 1024, "chunk of {} bytes", bytes.len());
+        }
+        let all_specs: Vec<_> = chunks.iter().flat_map(|c| c.specs.clone()).collect();
+        let all_allocs: Vec<_> = chunks.iter().flat_map(|c| c.allocs.clone()).collect();
+        assert_eq!(all_specs, specs, "each spec once");
+        assert_eq!(all_allocs, allocs);
+        let (set, orphans) = assemble_desired(&all_specs, all_allocs);
+        assert_eq!(set.len(), 5_000);
+        assert!(orphans.is_empty());
+        assert!(set.iter().all(|d| d.spec.name == d.alloc.workload));
+        let (set, orphans) = assemble_desired(&all_specs[..1], allocs[..2].to_vec());
+        assert_eq!((set.len(), orphans), (1, vec!["b.1.1".to_string()]));
+        assert_eq!(desired_chunks(vec![], vec![], 1024), vec![DesiredChunk::default()]);
     }
 
     #[test]
@@ -290,7 +399,9 @@ mod tests {
                 role: MemberRole::Leader,
                 term: 3,
                 commit_index: None,
+                reachable: false,
             }],
+            stale: None,
         }))));
         round_trip(ApiReply(Ok(ApiResponse::Nodes(vec![NodeView {
             name: "n1".into(),
@@ -306,6 +417,7 @@ mod tests {
             agent_version: "v".into(),
             drained: true,
             allocs: 2,
+            problem: Some("p".into()),
         }]))));
         round_trip(ApiReply(Ok(ApiResponse::Gpus(vec![GpuView {
             node: "n1".into(),
@@ -325,6 +437,6 @@ mod tests {
             health: "healthy".into(),
             health_reason: None,
         }]))));
-        round_trip(ApiReply(Err("bad".into())));
+        round_trip(ApiReply(Err(crate::api::ApiFailure::invalid("bad"))));
     }
 }

@@ -78,6 +78,12 @@ impl PeerClient {
         rpc::open_stream(&conn, addr, req, PEER_MAX_FRAME, timeout).await
     }
 
+    /// Whether there is a live connection to `addr` now (starts connecting if
+    /// nothing has asked for it before).
+    pub fn is_connected(&self, addr: &str) -> bool {
+        self.slot(addr).borrow().as_ref().is_some_and(|c| c.close_reason().is_none())
+    }
+
     async fn connection(&self, addr: &str, timeout: Duration) -> Result<quinn::Connection, RpcError> {
         let mut slot = self.slot(addr);
         let live = async {

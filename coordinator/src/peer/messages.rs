@@ -1,6 +1,6 @@
 //! What coordinators say to each other.
 
-use gantry_common::api::{ApiRequest, ApiResponse};
+use gantry_common::api::{ApiFailure, ApiRequest, ApiResponse};
 use gantry_common::wire::{LogsHeader, LogsRequest};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -16,8 +16,12 @@ pub enum PeerRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    /// An operator request that must be served by the leader.
-    Api(ApiRequest),
+    /// An operator request that must be served by the leader, with the
+    /// write's idempotency key.
+    Forward {
+        req: ApiRequest,
+        key: Option<String>,
+    },
     /// An allocation's output from the coordinator holding its node's agent
     /// link: answered with [`PeerResponse::Logs`], then the raw bytes.
     Logs(LogsRequest),
@@ -28,7 +32,7 @@ pub enum PeerResponse {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
-    Api(Result<ApiResponse, String>),
+    Api(Result<ApiResponse, ApiFailure>),
     /// A forwarded operator request reached a coordinator that no longer
     /// leads; nothing was written.
     NotLeader,

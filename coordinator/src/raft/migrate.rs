@@ -188,6 +188,7 @@ impl StateV1 {
             allocs: self.allocs.into_iter().map(|(k, a)| (k, a.into())).collect(),
             next_alloc: self.next_alloc,
             revision: self.revision,
+            ..State::default()
         }
     }
 }

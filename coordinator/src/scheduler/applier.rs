@@ -4,6 +4,7 @@
 //! round at a time: the next plan is computed on the state that already
 //! holds the previous one.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -38,14 +39,18 @@ pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
                 cluster_telemetry(telemetry.samples.iter().map(|(n, s)| (n.as_str(), s.gpus.as_slice())));
             service.state.read(|s| plan(s, &samples, &config, round))
         };
-        let plan = match planned {
-            Ok(plan) if plan.is_empty() => continue,
-            Ok(plan) => plan,
-            Err(e) => {
-                warn!("cannot evaluate: {e}");
-                continue;
+        if let Some(excluded) = planned.excluded {
+            let now: BTreeMap<String, String> = excluded.into_iter().map(|e| (e.name, e.reason)).collect();
+            let before = service.scheduler_stats.excluded();
+            for (node, reason) in now.iter().filter(|(n, r)| before.get(*n) != Some(*r)) {
+                warn!(%node, "left out of scheduling: {reason}");
             }
-        };
+            service.scheduler_stats.set_excluded(now);
+        }
+        let plan = planned.plan;
+        if plan.is_empty() {
+            continue;
+        }
         let (places, stops) = (plan.place.len(), plan.stop.len());
         let plan_time = started.elapsed();
         match service.write(Command::ApplyPlan(plan)).await {

@@ -11,17 +11,30 @@
 pub mod applier;
 pub mod plan;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-/// Counters of the plan applier, for `/metrics`.
+/// Counters of the plan applier, for `/metrics`, and the nodes its last
+/// round left out, for `gantryctl nodes`.
 #[derive(Clone, Default)]
 pub struct SchedulerStats {
     placed: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
+    /// Node name → why the engine could not take it. A std `Mutex`: nothing awaits under it.
+    excluded: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl SchedulerStats {
+    /// The nodes the last round that built an engine left out.
+    pub fn excluded(&self) -> BTreeMap<String, String> {
+        self.excluded.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_excluded(&self, excluded: BTreeMap<String, String>) {
+        *self.excluded.lock().unwrap_or_else(|p| p.into_inner()) = excluded;
+    }
+
     pub fn record(&self, placed: u64, refused: u64) {
         self.placed.fetch_add(placed, Ordering::Relaxed);
         self.refused.fetch_add(refused, Ordering::Relaxed);

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use gantry_common::model::GpuTelemetry;
 use gantry_common::workload::{AllocGpu, Allocation, DesiredState};
-use gantry_placement::{ClusterSnapshot, Engine, EngineConfig, PlaceError, Placement};
+use gantry_placement::{ClusterSnapshot, Engine, EngineConfig, NodeExclusion, PlaceError, Placement};
 
 use crate::state::capacity::{node_snapshot, NodeTelemetry};
 use crate::state::{NewAlloc, Plan, State, WorkloadRecord};
@@ -41,17 +41,23 @@ pub fn cluster_telemetry<'a>(
     samples.map(|(node, gpus)| (node, gpus.iter().map(|g| (g.index, g)).collect())).collect()
 }
 
-/// Plans one round. `seed` breaks ties between equally good nodes.
-pub fn plan(
-    state: &State,
-    telemetry: &ClusterTelemetry<'_>,
-    config: &EngineConfig,
-    seed: u64,
-) -> Result<Plan, String> {
+/// One round's outcome: the plan, and the nodes the engine could not take
+/// (`None` when no engine was built: every workload was settled).
+#[derive(Debug, Default)]
+pub struct Round {
+    pub plan: Plan,
+    pub excluded: Option<Vec<NodeExclusion>>,
+}
+
+/// Plans one round. `seed` breaks ties between equally good nodes. A node
+/// the engine cannot take (a MIG GPU of a model without geometry, more
+/// than it holds) is left out of the round with its reason; every other
+/// node keeps scheduling.
+pub fn plan(state: &State, telemetry: &ClusterTelemetry<'_>, config: &EngineConfig, seed: u64) -> Round {
     // Most state changes are agents' reports about settled workloads: no
     // need to build an engine over every node for them.
     if all_settled(state) {
-        return Ok(Plan::default());
+        return Round::default();
     }
     let empty = NodeTelemetry::new();
     let names: Vec<&String> = state.nodes.keys().collect();
@@ -71,7 +77,7 @@ pub fn plan(
             })
             .collect(),
     };
-    let mut engine = Engine::new(&snapshot, config.clone()).map_err(|e| format!("cluster snapshot: {e}"))?;
+    let (mut engine, excluded) = Engine::build(&snapshot, config.clone());
     let mut plan = Plan::default();
     for (name, w) in &state.workloads {
         if w.stopping {
@@ -85,7 +91,7 @@ pub fn plan(
             break;
         }
     }
-    Ok(plan)
+    Round { plan, excluded: Some(excluded) }
 }
 
 /// Whether no workload needs a decision: each has exactly its replicas,

@@ -71,7 +71,7 @@ fn submit(s: &mut State, spec: WorkloadSpec) {
 }
 
 fn plan_of(s: &State) -> Plan {
-    plan(s, &ClusterTelemetry::new(), &EngineConfig::default(), 7).unwrap()
+    plan(s, &ClusterTelemetry::new(), &EngineConfig::default(), 7).plan
 }
 
 /// Plans and applies until the planner has nothing more to say; returns the rounds.
@@ -431,7 +431,7 @@ fn a_finished_replica_keeps_its_slot_frees_its_gpu_and_is_never_placed_again() {
         finish(&mut s, &a.id, end, code);
         assert!(!s.allocs[&a.id].holds_resources(), "{end:?}: its GPU is free");
         assert_eq!(s.allocs[&a.id].exit_code, code);
-        let p = plan(&s, &ClusterTelemetry::new(), &EngineConfig::default(), 1).unwrap();
+        let p = plan(&s, &ClusterTelemetry::new(), &EngineConfig::default(), 1).plan;
         assert!(p.place.is_empty() && p.stop.is_empty(), "{end:?}: nothing to do: {p:?}");
         // Its GPU takes another workload.
         submit(&mut s, spec("other", 2, EXCLUSIVE));
@@ -443,7 +443,7 @@ fn a_finished_replica_keeps_its_slot_frees_its_gpu_and_is_never_placed_again() {
         assert_eq!(s.allocs[&a.id].actual, end, "{end:?}: not lost with its node");
         apply(&mut s, &Command::SetNodeStatus { node: node.clone(), status: NodeStatus::Ready });
         apply(&mut s, &Command::DrainNode { node, drain: true });
-        let p = plan(&s, &ClusterTelemetry::new(), &EngineConfig::default(), 2).unwrap();
+        let p = plan(&s, &ClusterTelemetry::new(), &EngineConfig::default(), 2).plan;
         assert!(!p.place.iter().any(|n| n.workload == "job"), "{end:?}: not moved off the drained node");
         assert_eq!(s.allocs_of("job").count(), 1);
     }

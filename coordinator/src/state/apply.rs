@@ -3,7 +3,7 @@
 use gantry_common::model::{validate_name, NodeStatus};
 
 use super::apply_workloads as workloads;
-use super::{Command, CommandResponse, NodeRecord, State};
+use super::{Command, CommandResponse, KeyedWrite, NodeRecord, State, MAX_WRITE_KEYS};
 
 /// Most labels a node may carry.
 pub const MAX_LABELS: usize = 64;
@@ -13,7 +13,10 @@ pub const MAX_LABELS: usize = 64;
 pub fn apply(state: &mut State, command: &Command) -> CommandResponse {
     state.revision += 1;
     let response = apply_command(state, command);
-    if matches!(response, CommandResponse::Rejected { .. } | CommandResponse::Unchanged) {
+    if matches!(
+        response,
+        CommandResponse::Rejected { .. } | CommandResponse::Unchanged | CommandResponse::Repeat(_)
+    ) {
         state.revision -= 1;
     }
     response
@@ -21,6 +24,20 @@ pub fn apply(state: &mut State, command: &Command) -> CommandResponse {
 
 fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
     match command {
+        Command::Keyed { key, command } => {
+            if let Some(done) = state.write_keys.get(key) {
+                return CommandResponse::Repeat(Box::new(done.response.clone()));
+            }
+            if matches!(**command, Command::Keyed { .. }) {
+                return CommandResponse::Rejected { reason: "a keyed write cannot hold another".into() };
+            }
+            let response = apply_command(state, command);
+            // A refusal changed nothing and would be refused again: nothing to remember.
+            if !matches!(response, CommandResponse::Rejected { .. }) {
+                remember_key(state, key, &response);
+            }
+            response
+        }
         Command::SubmitWorkload { spec } => workloads::submit(state, spec),
         Command::StopWorkload { name } => workloads::stop_workload(state, name),
         Command::DrainNode { node, drain } => workloads::drain(state, node, *drain),
@@ -29,6 +46,11 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
         Command::RegisterNode { info } => {
             if let Err(reason) = validate_name("node.name", &info.name) {
                 return CommandResponse::Rejected { reason };
+            }
+            if let Some(record) = state.nodes.get(&info.name) {
+                if record.info == *info && record.status == NodeStatus::Ready {
+                    return CommandResponse::Unchanged;
+                }
             }
             match state.nodes.get_mut(&info.name) {
                 Some(record) => {
@@ -98,6 +120,18 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
     }
 }
 
+/// Records a keyed write's answer; forgets the oldest beyond [`MAX_WRITE_KEYS`].
+fn remember_key(state: &mut State, key: &str, response: &CommandResponse) {
+    let seq = state.next_write_key;
+    state.next_write_key += 1;
+    state.write_keys.insert(key.to_string(), KeyedWrite { seq, response: response.clone() });
+    state.write_key_order.insert(seq, key.to_string());
+    while state.write_keys.len() > MAX_WRITE_KEYS {
+        let Some((_, oldest)) = state.write_key_order.pop_first() else { break };
+        state.write_keys.remove(&oldest);
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -149,6 +183,61 @@ mod tests {
         assert_eq!(n.info.gpus.len(), 4, "re-registration replaces the facts");
         assert_eq!(n.registrations, 2);
         assert_eq!(n.labels()["zone"], "b", "operator label wins over agent label");
+    }
+
+    #[test]
+    fn registering_an_unchanged_ready_node_changes_nothing() {
+        let mut s = State::default();
+        apply(&mut s, &Command::RegisterNode { info: info("n1", 8) });
+        let before = s.clone();
+        assert_eq!(apply(&mut s, &Command::RegisterNode { info: info("n1", 8) }), CommandResponse::Unchanged);
+        assert_eq!(s, before, "not even the revision moves");
+        apply(&mut s, &Command::SetNodeStatus { node: "n1".into(), status: NodeStatus::Down });
+        assert_eq!(apply(&mut s, &Command::RegisterNode { info: info("n1", 8) }), CommandResponse::Applied);
+        assert_eq!(s.nodes["n1"].status, NodeStatus::Ready, "a down node that registers is ready again");
+    }
+
+    #[test]
+    fn a_keyed_write_applies_once_and_answers_its_repeats_the_same() {
+        let mut s = State::default();
+        apply(&mut s, &Command::RegisterNode { info: info("n1", 1) });
+        let set = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
+        let label = |set: &BTreeMap<String, String>| Command::Keyed {
+            key: "k1".into(),
+            command: Box::new(Command::SetNodeLabels { node: "n1".into(), set: set.clone(), remove: vec![] }),
+        };
+        assert_eq!(apply(&mut s, &label(&set)), CommandResponse::Applied);
+        let after = s.clone();
+        assert_eq!(apply(&mut s, &label(&set)), CommandResponse::Repeat(Box::new(CommandResponse::Applied)));
+        assert_eq!(s, after, "a repeat changes nothing");
+        // Even with other content: the key decides.
+        let other = BTreeMap::from([("rack".to_string(), "r9".to_string())]);
+        assert!(matches!(apply(&mut s, &label(&other)), CommandResponse::Repeat(_)));
+        assert_eq!(s.nodes["n1"].operator_labels["rack"], "r1");
+        // A refused keyed write is not remembered.
+        let bad = Command::Keyed {
+            key: "k2".into(),
+            command: Box::new(Command::SetNodeLabels { node: "ghost".into(), set, remove: vec![] }),
+        };
+        assert!(matches!(apply(&mut s, &bad), CommandResponse::Rejected { .. }));
+        assert!(!s.write_keys.contains_key("k2"));
+    }
+
+    #[test]
+    fn only_the_newest_keys_are_kept() {
+        let mut s = State::default();
+        apply(&mut s, &Command::RegisterNode { info: info("n1", 1) });
+        for i in 0..MAX_WRITE_KEYS + 5 {
+            let set = BTreeMap::from([("i".to_string(), i.to_string())]);
+            let c = Command::Keyed {
+                key: format!("k{i}"),
+                command: Box::new(Command::SetNodeLabels { node: "n1".into(), set, remove: vec![] }),
+            };
+            apply(&mut s, &c);
+        }
+        assert_eq!(s.write_keys.len(), MAX_WRITE_KEYS);
+        assert_eq!(s.write_key_order.len(), MAX_WRITE_KEYS);
+        assert!(!s.write_keys.contains_key("k4") && s.write_keys.contains_key("k5"));
     }
 
     #[test]

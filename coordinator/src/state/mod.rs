@@ -33,6 +33,30 @@ pub struct State {
     /// Bumped by every applied command that changes something; nodes record
     /// it when their desired allocations change (the agents' stream index).
     pub revision: u64,
+    /// Operator writes applied with an idempotency key, and what they
+    /// answered: a retry of the same key gets the same answer and changes
+    /// nothing. The newest [`MAX_WRITE_KEYS`] are kept.
+    #[serde(default)]
+    pub write_keys: BTreeMap<String, KeyedWrite>,
+    /// The same keys by the order they were applied in (for forgetting the oldest).
+    #[serde(default)]
+    pub write_key_order: BTreeMap<u64, String>,
+    /// Sequence of the next keyed write.
+    #[serde(default)]
+    pub next_write_key: u64,
+}
+
+/// Most idempotency keys remembered. A client retries within seconds; at
+/// thousands of writes a second this still covers well over a second of
+/// writes, and bounds the state.
+pub const MAX_WRITE_KEYS: usize = 10_000;
+
+/// A keyed write once applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyedWrite {
+    pub seq: u64,
+    /// What it answered the first time.
+    pub response: CommandResponse,
 }
 
 impl State {
@@ -110,6 +134,10 @@ pub enum Command {
     ApplyPlan(Plan),
     /// What a node's agent observed of its allocations.
     ReportAllocs { node: String, reports: Vec<AllocReport> },
+    /// An operator write with the client's idempotency key: applied once;
+    /// the same key again answers [`CommandResponse::Repeat`] with the
+    /// first answer and changes nothing.
+    Keyed { key: String, command: Box<Command> },
 }
 
 /// One evaluation round's decisions for any number of workloads.
@@ -144,4 +172,6 @@ pub enum CommandResponse {
     Workload { version: u64, changed: bool },
     /// A plan applied: the ids placed, and the placements refused by the re-check.
     Plan { placed: Vec<String>, refused: Vec<String> },
+    /// A keyed write that was already applied: its first answer.
+    Repeat(Box<CommandResponse>),
 }

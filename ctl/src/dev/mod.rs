@@ -22,6 +22,7 @@ mod layout;
 mod processes;
 mod runtime;
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,7 @@ use gantry_common::model::NodeStatus;
 use serde::Serialize;
 
 use crate::admin_client::AdminClient;
+use crate::out::{out, outln};
 use agents::AgentSetup;
 use processes::Running;
 use runtime::RuntimeChoice;
@@ -182,20 +184,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     write_files(&dir, &running, &sockets)?;
     let socket = sockets.first().map(|s| s.display().to_string()).unwrap_or_default();
-    println!("cluster ready: {} coordinators, {} agents", args.coordinators, agents.len());
+    outln!("cluster ready: {} coordinators, {} agents", args.coordinators, agents.len());
     for (i, setup) in (1..).zip(&agents) {
         let sharing = setup.sharing.as_deref().map(|s| format!(", sharing {s}")).unwrap_or_default();
         let gpus = setup.gpus.as_deref().unwrap_or("this host's GPUs (nvml)");
-        println!("  node-{i}: {gpus}{sharing}, workload ports {}-{}", setup.ports.0, setup.ports.1);
+        outln!("  node-{i}: {gpus}{sharing}, workload ports {}-{}", setup.ports.0, setup.ports.1);
     }
-    println!("  runtime:        {} ({})", decision.runtime, decision.why);
-    println!("  state and logs: {}", dir.display());
-    println!("  processes:      {}", dir.join("cluster.json").display());
+    outln!("  runtime:        {} ({})", decision.runtime, decision.why);
+    outln!("  state and logs: {}", dir.display());
+    outln!("  processes:      {}", dir.join("cluster.json").display());
     if !args.demo {
-        println!("try:");
-        println!("  export GANTRY_SOCKET={socket}");
-        println!("  gantryctl status; gantryctl nodes; gantryctl gpus");
-        println!("  gantryctl run FILE --wait   (workload files: examples/ in the source tree)");
+        outln!("try:");
+        outln!("  export GANTRY_SOCKET={socket}");
+        outln!("  gantryctl status; gantryctl nodes; gantryctl gpus");
+        outln!("  gantryctl run FILE --wait   (workload files: examples/ in the source tree)");
     }
     let mut demo_failed = None;
     if let Some(target) = decision.demo.as_ref().filter(|_| args.demo) {
@@ -213,7 +215,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 stop_all(&mut running);
                 return Ok(());
             }
-            Some(Ok(done)) => print!("\n{}", demo::summary(&done, &socket)),
+            Some(Ok(done)) => out!("\n{}", demo::summary(&done, &socket)),
             Some(Err(e)) => {
                 // Left running so its allocations and logs can be looked at.
                 eprintln!("error: {e:#}");
@@ -222,7 +224,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             }
         }
     }
-    println!("Ctrl-C stops every process.");
+    outln!("Ctrl-C stops every process.");
 
     supervise(&mut running, stop).await;
     eprintln!("stopping the dev cluster…");
@@ -268,14 +270,21 @@ async fn wait_ready(
         }
         let progress = probe(sockets, agents).await;
         if progress.as_deref() == Ok("ready") {
-            eprintln!();
+            if std::io::stderr().is_terminal() {
+                eprintln!();
+            }
             return Ok(());
         }
         let line = match progress {
             Ok(p) | Err(p) => p,
         };
         if line != last {
-            eprint!("\r\x1b[2K  {line}");
+            // Redraw in place on a terminal; elsewhere (a file, CI) a line each.
+            if std::io::stderr().is_terminal() {
+                eprint!("\r\x1b[2K  {line}");
+            } else {
+                eprintln!("  {line}");
+            }
             last = line;
         }
         if start.elapsed() > timeout {
