@@ -49,7 +49,9 @@ pub struct AgentConfig {
     pub sim_gpus: String,
     /// Labels reported with the node (operators can add more with `gantryctl label`).
     pub labels: BTreeMap<String, String>,
-    /// Local HTTP address for `/metrics`, `/healthz` and allocation logs; empty to disable.
+    /// HTTP address for `/metrics` and `/healthz` (nothing else is served
+    /// there); empty to disable. Keep it on loopback unless a scraper
+    /// elsewhere needs it: the agent warns at start-up otherwise.
     pub metrics_listen: String,
     /// Address (IP or host name) where this node's workloads are reached on
     /// their host ports, reported to the coordinators. Default: the host name.
@@ -66,6 +68,15 @@ pub struct AgentConfig {
     pub docker_gpu: DockerGpu,
     /// The MPS control program the agent runs for GPUs in `mps` sharing (nvml backend).
     pub mps_control: PathBuf,
+    /// The user `process` workloads run as (without capabilities, with
+    /// `no_new_privs`). Never root unless listed in `workload_users_allowed`.
+    pub workload_user: String,
+    /// Users a workload's spec may ask for with `user = "..."`; empty: none
+    /// but `workload_user`.
+    pub workload_users_allowed: Vec<String>,
+    /// A `process` workload's stdout or stderr log is cut when it passes
+    /// this many MiB (the older part is kept as `*.log.1`).
+    pub log_max_mib: u64,
     pub tls: TlsFiles,
     pub log_level: String,
 }
@@ -87,6 +98,9 @@ impl Default for AgentConfig {
             docker_socket: "/var/run/docker.sock".to_string(),
             docker_gpu: DockerGpu::Auto,
             mps_control: PathBuf::from("nvidia-cuda-mps-control"),
+            workload_user: "nobody".to_string(),
+            workload_users_allowed: Vec::new(),
+            log_max_mib: 64,
             tls: TlsFiles {
                 ca: PathBuf::from("/etc/gantry/pki/ca.pem"),
                 cert: PathBuf::from("/etc/gantry/pki/agent.pem"),
@@ -125,8 +139,10 @@ impl AgentConfig {
         if let Some(name) = &self.node_name {
             gantry_common::model::validate_name("node_name", name).map_err(|r| invalid("node_name", r))?;
         }
-        for key in self.labels.keys() {
+        for (key, value) in &self.labels {
             gantry_common::model::validate_name("labels", key).map_err(|r| invalid("labels", r))?;
+            gantry_common::model::validate_label_value(&format!("labels.{key}"), value)
+                .map_err(|r| invalid("labels", r))?;
         }
         if self.gpu_backend == GpuBackendKind::Sim {
             gantry_common::gpu_spec::parse_gpu_spec(&self.sim_gpus).map_err(|r| invalid("sim_gpus", r))?;
@@ -146,6 +162,17 @@ impl AgentConfig {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
+        }
+        for user in std::iter::once(&self.workload_user).chain(&self.workload_users_allowed) {
+            let ok = !user.is_empty()
+                && user.len() <= 32
+                && user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return Err(invalid("workload_user", format!("{user:?} is not a user name")));
+            }
+        }
+        if self.log_max_mib == 0 || self.log_max_mib > 1 << 20 {
+            return Err(invalid("log_max_mib", "must be 1-1048576"));
         }
         Ok(())
     }
@@ -173,6 +200,7 @@ impl AgentConfig {
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
     gantry_common::model::validate_name("label key", k)?;
+    gantry_common::model::validate_label_value("label value", v)?;
     Ok((k.to_string(), v.to_string()))
 }
 

@@ -1,47 +1,41 @@
-//! The agent's local HTTP endpoint: `/metrics` (Prometheus text of the last
-//! sample), `/healthz`, and allocation logs:
+//! The agent's local HTTP endpoint, `metrics_listen` (127.0.0.1:9410 by
+//! default). It serves exactly two things, neither of them secret:
 //!
-//! `GET /v1/allocs/{id}/logs?follow=true|false&tail=<bytes>` answers
-//! `text/plain`: stdout then stderr for a process (each cut to its last
-//! `tail` bytes), the engine's interleaved log for a container. With
-//! `follow=true` the body is chunked and goes on while the workload runs.
-//! An unknown allocation is a 404 that says so.
+//! - `GET /metrics`: Prometheus text of the last GPU and host sample;
+//! - `GET /healthz`: `ok` while the process serves.
+//!
+//! Allocation output is not served here: it may hold secrets (a workload's
+//! environment, its data), and this listener has no authentication.
+//! `gantryctl logs` reaches it through the coordinators, down the agent's
+//! mutually authenticated QUIC connection ([`crate::coordinator_requests`]).
+//! Any other path is a 404.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use gantry_common::model::GpuTelemetry;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::runtime::LogRequest;
 use crate::sampler::{AgentStatus, StatusInner};
-use crate::workloads::manager::{Logs, LogsError};
 
-#[derive(Clone)]
-struct AppState {
-    status: AgentStatus,
-    logs: Option<Logs>,
-}
-
-/// Serves until `shutdown` turns true. Without `logs` the log route answers 404.
+/// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     status: AgentStatus,
-    logs: Option<Logs>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
-        .route("/v1/allocs/{id}/logs", get(alloc_logs))
-        .with_state(AppState { status, logs });
+        .fallback(|| async {
+            (StatusCode::NOT_FOUND, "not found: this listener serves /metrics and /healthz only\n")
+        })
+        .with_state(status);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
@@ -49,37 +43,20 @@ pub async fn serve(
         .await
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&state.status.snapshot()))
+/// Why `metrics_listen` deserves a warning at start-up, if it does: an
+/// address other hosts can reach exposes GPU telemetry to the network.
+pub fn exposure_warning(addr: &SocketAddr) -> Option<String> {
+    (!addr.ip().is_loopback()).then(|| {
+        format!(
+            "metrics_listen {addr} is not a loopback address: anyone who can reach it reads this node's GPU \
+             and host telemetry (/metrics). It serves nothing else; bind 127.0.0.1 unless a scraper elsewhere \
+             needs it, and firewall it"
+        )
+    })
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogQuery {
-    #[serde(default)]
-    follow: bool,
-    tail: Option<u64>,
-}
-
-async fn alloc_logs(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
-) -> Response {
-    let text = |code: StatusCode, message: String| {
-        (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{message}\n")).into_response()
-    };
-    let Some(logs) = state.logs else {
-        return text(StatusCode::NOT_FOUND, format!("no allocation {id:?} on this node (workloads are off)"));
-    };
-    match logs.open(&id, LogRequest { follow: q.follow, tail: q.tail }).await {
-        Ok(stream) => {
-            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(stream)).into_response()
-        }
-        Err(e @ LogsError::UnknownAlloc(_)) => text(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e @ LogsError::NotStarted(_)) => text(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e) => text(StatusCode::BAD_GATEWAY, e.to_string()),
-    }
+async fn metrics(axum::extract::State(status): axum::extract::State<AgentStatus>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&status.snapshot()))
 }
 
 /// A per-GPU gauge: name, help text, and how to read it from a sample.
@@ -113,10 +90,43 @@ pub fn render(s: &StatusInner) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use gantry_common::model::{GpuHealth, GpuInfo, MigMode};
 
     use super::*;
+
+    #[test]
+    fn only_a_non_loopback_address_is_warned_about() {
+        assert_eq!(exposure_warning(&"127.0.0.1:9410".parse().unwrap()), None);
+        assert_eq!(exposure_warning(&"[::1]:9410".parse().unwrap()), None);
+        let w = exposure_warning(&"0.0.0.0:9410".parse().unwrap()).unwrap();
+        assert!(w.contains("not a loopback address") && w.contains("/metrics"), "{w}");
+    }
+
+    #[tokio::test]
+    async fn the_listener_serves_metrics_and_health_and_nothing_else() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(serve(listener, AgentStatus::default(), stop_rx));
+        let get = |path: &'static str| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/metrics").await.contains("gantry_agent_connected"));
+        for path in ["/v1/allocs/w.0.1/logs", "/v1/allocs/w.0.1/logs?follow=true", "/"] {
+            let answer = get(path).await;
+            assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer}");
+        }
+    }
 
     #[test]
     fn renders_one_series_per_gpu_with_uuid() {

@@ -20,8 +20,9 @@ use crate::gpu::sharing::{self, SharingError};
 use crate::gpu::sim::SimBackend;
 use crate::gpu::{GpuBackend, GpuError, Gpus};
 use crate::host::HostSampler;
+use crate::runtime::cgroup::Layout;
 use crate::runtime::docker::DockerRuntime;
-use crate::runtime::process::ProcessRuntime;
+use crate::runtime::process::{ProcessRuntime, ProcessSettings};
 use crate::sampler::{AgentStatus, Sampler};
 use crate::session::Session;
 use crate::workloads::link::link;
@@ -114,6 +115,13 @@ pub async fn run(
 
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    // Root's, and not listable: the state file in it is 0600. Workload users
+    // may only pass through, to their own working directory and the MPS pipes.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    }
     let docker = if config.docker_socket.is_empty() {
         None
     } else {
@@ -125,7 +133,17 @@ pub async fn run(
             }
         }
     };
-    let runtimes = Runtimes { process: Arc::new(ProcessRuntime::new()), docker };
+    let cgroups = Layout::host();
+    if let Layout::None { why } = &cgroups {
+        warn!("process workloads run without CPU, memory and process limits: {why}");
+    }
+    let process = ProcessRuntime::new(ProcessSettings {
+        user: config.workload_user.clone(),
+        users_allowed: config.workload_users_allowed.clone(),
+        cgroups,
+        log_max_bytes: config.log_max_mib << 20,
+    });
+    let runtimes = Runtimes { process: Arc::new(process), docker };
     let mps_control = match config.gpu_backend {
         GpuBackendKind::Sim => MpsControl::Modelled(gpus.clone()),
         GpuBackendKind::Nvml => MpsControl::Program(config.mps_control.clone()),
@@ -153,9 +171,12 @@ pub async fn run(
         let listener = tokio::net::TcpListener::bind(&config.metrics_listen).await.map_err(|e| {
             StartError::Metrics { addr: config.metrics_listen.clone(), reason: e.to_string() }
         })?;
-        let (status, stop_rx, logs) = (status.clone(), stop_rx.clone(), logs.clone());
+        if let Some(warning) = listener.local_addr().ok().and_then(|a| crate::metrics::exposure_warning(&a)) {
+            warn!("{warning}");
+        }
+        let (status, stop_rx) = (status.clone(), stop_rx.clone());
         Some(tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(listener, status, Some(logs), stop_rx).await {
+            if let Err(e) = crate::metrics::serve(listener, status, stop_rx).await {
                 warn!("metrics endpoint stopped: {e}");
             }
         }))

@@ -43,7 +43,9 @@ fn gpu(gpus: &Gpus, index: u32, share: GpuShare) -> AllocGpu {
 }
 
 fn env_of(dir: &std::path::Path, id: &str) -> Option<String> {
-    std::fs::read_to_string(dir.join("allocs").join(id).join("env.txt")).ok().filter(|e| e.contains("PATH="))
+    std::fs::read_to_string(dir.join("allocs").join(id).join("work").join("env.txt"))
+        .ok()
+        .filter(|e| e.contains("PATH="))
 }
 
 /// Whether `pid` runs (a zombie does not).
@@ -133,24 +135,34 @@ async fn runs_restarts_survives_an_agent_restart_and_stops() {
     let r = agent.wait_report("once.0.1", "failed", |r| r.actual == ActualState::Failed).await;
     assert_eq!((r.message.as_str(), r.restarts), ("exit code 7", 0));
 
-    // Logs over the agent's HTTP listener.
+    // Logs, as the coordinator's requests read them (down the agent's QUIC link).
+    let read = |id: &'static str, tail: Option<u64>| {
+        let logs = agent.logs.clone();
+        async move {
+            use futures::StreamExt;
+            let mut s = logs.open(id, gantry_agent::runtime::LogRequest { follow: false, tail }).await?;
+            let mut out = Vec::new();
+            while let Some(chunk) = s.next().await {
+                out.extend_from_slice(&chunk.unwrap());
+            }
+            Ok::<_, gantry_agent::workloads::manager::LogsError>(String::from_utf8_lossy(&out).into_owned())
+        }
+    };
+    assert!(read("once.0.1", None).await.unwrap().contains("bye"));
+    assert!(read("mps.0.1", Some(8)).await.unwrap().contains("started"));
+    let e = read("nope.0.1", None).await.unwrap_err().to_string();
+    assert!(e.contains("no allocation \"nope.0.1\""), "{e}");
+    // The agent's HTTP listener serves no logs at all: it has no authentication.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap().port();
     let (stop_http, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(gantry_agent::metrics::serve(
         listener,
         gantry_agent::sampler::AgentStatus::default(),
-        Some(agent.logs.clone()),
         stop_rx,
     ));
-    let (code, body) = http_get(http, "/v1/allocs/once.0.1/logs?follow=false").await;
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains("bye"), "{body}");
-    let (code, body) = http_get(http, "/v1/allocs/mps.0.1/logs?tail=8").await;
-    assert!(code == 200 && body.contains("started"), "{body}");
-    let (code, body) = http_get(http, "/v1/allocs/nope.0.1/logs").await;
-    assert_eq!(code, 404);
-    assert!(body.contains("no allocation \"nope.0.1\""), "{body}");
+    let (code, _) = http_get(http, "/v1/allocs/once.0.1/logs?follow=false").await;
+    assert_eq!(code, 404, "no log route on the unauthenticated listener");
     stop_http.send_replace(true);
     server.await.unwrap().unwrap();
 

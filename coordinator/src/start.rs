@@ -59,10 +59,18 @@ pub async fn run(
     if identity.peer().role != Role::Coordinator {
         return Err(StartError::WrongRole(identity.peer().clone()));
     }
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| StartError::DataDir {
+    let data_dir_error = |e: std::io::Error| StartError::DataDir {
         path: config.data_dir.display().to_string(),
         reason: e.to_string(),
-    })?;
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
+    // The Raft log holds every spec, environment values included: the
+    // coordinator's user only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(data_dir_error)?;
+    }
     let (log_store, state_machine) = open_store(&config.data_dir.join("raft.redb"))?;
     let state = state_machine.reader();
 

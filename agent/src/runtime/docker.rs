@@ -12,6 +12,8 @@
 //!   device UUIDs, CDI names `nvidia.com/gpu=<UUID>`, or only the
 //!   environment variables. MPS clients also get the pipe directory mounted
 //!   at the same path and the host's IPC namespace, which MPS needs.
+//! - Confinement: never privileged, every capability dropped,
+//!   `no-new-privileges`, a process limit; the user is the image's.
 //! - Stop: `docker stop` with the grace period, then remove.
 //! - Agent restarts: containers are found again by their labels.
 //! - Logs: the engine's (stdout and stderr interleaved); gone once the
@@ -30,7 +32,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt};
 use gantry_common::workload::RuntimeSpec;
 
 use super::{Handle, Launch, LogRequest, LogStream, Runtime, RuntimeError, Status};
@@ -172,50 +174,42 @@ impl DockerRuntime {
     }
 
     async fn logs_now(&self, id: &str, request: LogRequest) -> Result<LogStream, RuntimeError> {
-        let options = |follow: bool| {
-            LogsOptionsBuilder::new().follow(follow).stdout(true).stderr(true).tail("all").build()
-        };
-        // What is there now, then (when following) the engine's follow stream
-        // with that much skipped: no gap and no repeat.
-        let mut now = Vec::new();
-        let mut read = self.docker.logs(id, Some(options(false)));
-        while let Some(item) = read.next().await {
+        // The engine cuts by lines, the request by bytes: ask for enough
+        // lines, then cut to the bytes. Without a tail the whole log is what
+        // was asked.
+        let lines = request.tail.map_or("all".to_string(), |bytes| tail_lines(bytes).to_string());
+        let options =
+            LogsOptionsBuilder::new().follow(request.follow).stdout(true).stderr(true).tail(&lines).build();
+        let owned = id.to_string();
+        let stream = self.docker.logs(id, Some(options)).map(move |item| match item {
+            Ok(out) => Ok(out.into_bytes()),
+            Err(e) if not_found(&e) => {
+                Err(std::io::Error::other(format!("container {owned} is gone, and its logs with it")))
+            }
+            Err(e) => Err(std::io::Error::other(format!("reading logs of {owned}: {e}"))),
+        });
+        if request.follow {
+            return Ok(Box::pin(stream));
+        }
+        let mut head = Vec::new();
+        let mut stream = Box::pin(stream);
+        while let Some(item) = stream.next().await {
             match item {
-                Ok(out) => now.extend_from_slice(&out.into_bytes()),
-                Err(e) if not_found(&e) => {
-                    return Err(RuntimeError::Docker(format!("container {id} is gone, and its logs with it")))
-                }
-                Err(e) => return Err(RuntimeError::Docker(format!("reading logs of {id}: {e}"))),
+                Ok(bytes) => head.extend_from_slice(&bytes),
+                Err(e) => return Err(RuntimeError::Docker(e.to_string())),
             }
         }
-        let seen = now.len();
-        let from = request.tail.map_or(0, |t| seen.saturating_sub(usize::try_from(t).unwrap_or(usize::MAX)));
-        let head = futures::stream::once({
-            let bytes = Bytes::copy_from_slice(&now[from..]);
-            async move { Ok(bytes) }
-        });
-        if !request.follow {
-            return Ok(Box::pin(head));
-        }
-        let mut skip = seen;
-        let rest = self
-            .docker
-            .logs(id, Some(options(true)))
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .filter_map(move |item| {
-                let out = match item {
-                    Ok(out) => {
-                        let bytes = out.into_bytes();
-                        let cut = skip.min(bytes.len());
-                        skip -= cut;
-                        (cut < bytes.len()).then(|| Ok(bytes.slice(cut..)))
-                    }
-                    Err(e) => Some(Err(e)),
-                };
-                async move { out }
-            });
-        Ok(Box::pin(head.chain(rest)))
+        let from =
+            request.tail.map_or(0, |t| head.len().saturating_sub(usize::try_from(t).unwrap_or(usize::MAX)));
+        let bytes = Bytes::copy_from_slice(&head[from..]);
+        Ok(Box::pin(futures::stream::once(async move { Ok(bytes) })))
     }
+}
+
+/// Lines to ask the engine for so that `bytes` of output are (nearly
+/// always) among them: lines of 16 bytes or more; at most 100,000.
+pub fn tail_lines(bytes: u64) -> u64 {
+    bytes.div_ceil(16).clamp(1, 100_000)
 }
 
 impl Runtime for DockerRuntime {
@@ -314,6 +308,13 @@ pub fn container_body(launch: &Launch, image: &str, gpu: DockerGpu) -> Container
         device_requests,
         binds,
         ipc_mode,
+        // Confined like a process workload: never privileged, no
+        // capabilities, no privilege gain through setuid binaries, and a
+        // bounded number of processes.
+        privileged: Some(false),
+        cap_drop: Some(vec!["ALL".to_string()]),
+        security_opt: Some(vec!["no-new-privileges:true".to_string()]),
+        pids_limit: Some(i64::try_from(super::cgroup::PIDS_MAX).unwrap_or(4096)),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -375,6 +376,17 @@ mod tests {
         assert_eq!(binding.as_ref().unwrap()[0].host_port.as_deref(), Some("20001"));
         assert_eq!(h.device_requests, None, "no GPU, no device request");
         assert_eq!(h.ipc_mode, None);
+        assert_eq!(h.privileged, Some(false));
+        assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(h.security_opt, Some(vec!["no-new-privileges:true".to_string()]));
+        assert_eq!(h.pids_limit, Some(4096));
+    }
+
+    #[test]
+    fn a_byte_tail_asks_the_engine_for_enough_lines() {
+        assert_eq!(tail_lines(0), 1);
+        assert_eq!(tail_lines(4096), 256);
+        assert_eq!(tail_lines(u64::MAX), 100_000);
     }
 
     #[test]

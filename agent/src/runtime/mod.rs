@@ -5,7 +5,9 @@
 //!
 //! - [`env`]: the environment a workload gets (pure): its own variables, the
 //!   `GANTRY_*` ones, the host ports, and the GPU variables.
-//! - [`process`]: a child process in its own process group, logs in files.
+//! - [`process`]: a confined child process in its own process group, logs in files.
+//! - [`confine`]: the user, capabilities, environment of a process workload.
+//! - [`cgroup`]: its CPU, memory and process limits (cgroup v2 or v1).
 //! - [`docker`]: a container on the local Docker engine (bollard).
 //!
 //! Both implement [`Runtime`]. A started workload is named by a [`Handle`],
@@ -23,6 +25,8 @@ use futures::stream::BoxStream;
 use gantry_common::workload::WorkloadSpec;
 use serde::{Deserialize, Serialize};
 
+pub mod cgroup;
+pub mod confine;
 pub mod docker;
 pub mod env;
 pub mod process;
@@ -99,6 +103,8 @@ pub enum RuntimeError {
     NoDocker,
     #[error("{0} is handled by another runtime")]
     WrongHandle(&'static str),
+    #[error("{0}")]
+    Confine(String),
 }
 
 /// One way of running workloads.

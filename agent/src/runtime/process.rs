@@ -1,10 +1,16 @@
 //! The `process` runtime: the workload is a child process, leader of its own
 //! process group, so that stopping it reaches everything it started.
 //!
-//! - Environment: the agent's own, less the systemd hand-over variables
-//!   (`NOTIFY_SOCKET`, `WATCHDOG_*`, `LISTEN_*`), plus [`Launch::env`].
+//! - Confined ([`super::confine`]): as the workload user, without
+//!   capabilities, with `no_new_privs` and a clean environment
+//!   ([`Launch::env`] plus `PATH`, `HOME` and the agent's `CUDA_*`/`NVIDIA_*`),
+//!   inside its own cgroups with the spec's CPU and memory and a process
+//!   limit ([`super::cgroup`]). An exit caused by the memory limit is
+//!   reported as `killed: out of memory`.
 //! - Output: appended to `stdout.log` and `stderr.log` in the allocation's
-//!   directory, which is also its working directory.
+//!   directory (root's, mode 0600: the agent rotates them, the workload only
+//!   writes them through the descriptors it was given); its working
+//!   directory is `work/` beside them, owned by the workload user.
 //! - Stop: SIGTERM to the group, SIGKILL to the group after the grace period.
 //! - Agent restarts: the process does not notice (it is not in the agent's
 //!   process group, and systemd's `KillMode=process` leaves it alone). The
@@ -14,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
@@ -27,14 +34,15 @@ use gantry_common::workload::RuntimeSpec;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
-use nix::unistd::Pid;
+use nix::unistd::{chown, Gid, Pid, Uid};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::cgroup::{self, Group, Layout};
+use super::confine;
 use super::{Handle, Launch, LogRequest, LogStream, Runtime, RuntimeError, Status};
 
-/// Variables a service manager hands the agent that must not leak to workloads.
-pub const REMOVED_ENV: &[&str] =
-    &["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+/// The working directory's name in the allocation's directory.
+pub const WORK_DIR: &str = "work";
 
 /// Log file names in an allocation's directory.
 pub const STDOUT_LOG: &str = "stdout.log";
@@ -44,55 +52,163 @@ pub const STDERR_LOG: &str = "stderr.log";
 const KILL_WAIT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(50);
 
-#[derive(Default)]
+/// How the process runtime confines workloads (agent settings).
+#[derive(Clone, Debug)]
+pub struct ProcessSettings {
+    /// The user workloads run as unless their spec asks for an allowed one.
+    pub user: String,
+    /// Users a spec may ask for.
+    pub users_allowed: Vec<String>,
+    pub cgroups: Layout,
+    /// Log files are cut when they pass this size (the older half goes to `*.log.1`).
+    pub log_max_bytes: u64,
+}
+
+impl Default for ProcessSettings {
+    fn default() -> Self {
+        ProcessSettings {
+            user: "nobody".into(),
+            users_allowed: Vec::new(),
+            cgroups: Layout::None { why: "not set up".into() },
+            log_max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
 pub struct ProcessRuntime {
+    settings: ProcessSettings,
     /// Children this agent started, kept to reap them and read their exit
     /// status. A std `Mutex`: nothing awaits while it is held.
     children: Arc<Mutex<BTreeMap<i32, Child>>>,
+    /// Cgroups by leader pid, with the OOM kills counted when it started.
+    groups: Arc<Mutex<BTreeMap<i32, (Group, u64)>>>,
+}
+
+impl Default for ProcessRuntime {
+    fn default() -> Self {
+        ProcessRuntime::new(ProcessSettings::default())
+    }
 }
 
 impl ProcessRuntime {
-    pub fn new() -> ProcessRuntime {
-        ProcessRuntime::default()
+    pub fn new(settings: ProcessSettings) -> ProcessRuntime {
+        ProcessRuntime { settings, children: Default::default(), groups: Default::default() }
+    }
+
+    pub fn settings(&self) -> &ProcessSettings {
+        &self.settings
     }
 
     fn children(&self) -> MutexGuard<'_, BTreeMap<i32, Child>> {
         self.children.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn groups(&self) -> MutexGuard<'_, BTreeMap<i32, (Group, u64)>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Finds the cgroups of a process an earlier agent started.
+    pub fn adopt(&self, alloc_id: &str, handle: &Handle) {
+        if let (Handle::Process { pid, .. }, Some(group)) = (handle, self.settings.cgroups.find(alloc_id)) {
+            let kills = group.oom_kills();
+            self.groups().insert(*pid, (group, kills));
+        }
+    }
+
+    /// Removes an allocation's cgroups once it is forgotten.
+    pub fn release(&self, alloc_id: &str) {
+        if let Some(group) = self.settings.cgroups.find(alloc_id) {
+            group.remove();
+        }
+    }
+
+    /// How a process of `pid` ended, when its memory limit ended it.
+    fn oom_message(&self, pid: i32) -> Option<String> {
+        let (group, before) = self.groups().remove(&pid)?;
+        let killed = group.oom_kills() > before;
+        let limit = group.memory_limit();
+        group.remove();
+        killed.then(|| match limit {
+            Some(bytes) => format!("killed: out of memory (limit {} MiB)", bytes >> 20),
+            None => "killed: out of memory".to_string(),
+        })
+    }
+
     fn start_now(&self, launch: &Launch) -> Result<Handle, RuntimeError> {
         let RuntimeSpec::Process { command } = &launch.spec.runtime else {
             return Err(RuntimeError::WrongHandle("a docker workload"));
         };
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RuntimeError::Io { path, source }
+        };
+        let user = confine::choose_user(
+            launch.spec.user.as_deref(),
+            &self.settings.user,
+            &self.settings.users_allowed,
+        )
+        .and_then(|name| confine::resolve_user(&name))
+        .map_err(|e| RuntimeError::Confine(e.to_string()))?;
         let dir = &launch.alloc_dir;
-        std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io { path: dir.clone(), source })?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // Others may pass through (to the working directory), not list.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(io(dir))?;
+        let work = dir.join(WORK_DIR);
+        std::fs::create_dir_all(&work).map_err(io(&work))?;
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700)).map_err(io(&work))?;
+        chown(&work, Some(Uid::from_raw(user.uid)), Some(Gid::from_raw(user.gid)))
+            .map_err(|e| RuntimeError::Io { path: work.clone(), source: e.into() })?;
         let open = |name: &str| {
             let path = dir.join(name);
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|source| RuntimeError::Io { path, source })
+            rotate_if_large(&path, self.settings.log_max_bytes);
+            OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(io(&path))
         };
         let (stdout, stderr) = (open(STDOUT_LOG)?, open(STDERR_LOG)?);
+        let limits = cgroup::Limits {
+            memory_bytes: launch.spec.memory_mib.saturating_mul(1 << 20),
+            cpu_milli: launch.spec.cpu_milli,
+            pids: cgroup::PIDS_MAX,
+        };
+        let group = self
+            .settings
+            .cgroups
+            .create(&launch.alloc_id, limits)
+            .map_err(|e| RuntimeError::Confine(format!("setting up its cgroup: {e}")))?;
+        let mut procs = Vec::new();
+        for path in group.iter().flat_map(Group::procs_files) {
+            let f = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+            procs.push(std::os::fd::OwnedFd::from(f));
+        }
+        let confinement = confine::Confinement::new(&user, &work, procs).map_err(io(&work))?;
+        let env = confine::clean_env(&launch.env, std::env::vars(), &user, &work);
         let mut cmd = std::process::Command::new(command);
         cmd.args(&launch.spec.args)
-            .envs(&launch.env)
-            .current_dir(dir)
+            .env_clear()
+            .envs(&env)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .process_group(0);
-        for var in REMOVED_ENV {
-            cmd.env_remove(var);
-        }
-        let child = cmd.spawn().map_err(|source| RuntimeError::Spawn { command: command.clone(), source })?;
+        confinement.apply(&mut cmd);
+        let kills_before = group.as_ref().map_or(0, Group::oom_kills);
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(source) => {
+                if let Some(g) = &group {
+                    g.remove();
+                }
+                return Err(RuntimeError::Spawn { command: command.clone(), source });
+            }
+        };
         let pid = child.id() as i32;
         let start_ticks = read_stat(pid).map(|s| s.start_ticks).map_err(|source| RuntimeError::Io {
             path: PathBuf::from(format!("/proc/{pid}/stat")),
             source,
         })?;
         self.children().insert(pid, child);
+        if let Some(g) = group {
+            self.groups().insert(pid, (g, kills_before));
+        }
         Ok(Handle::Process { pid, start_ticks })
     }
 
@@ -103,7 +219,11 @@ impl ProcessRuntime {
                 match child.try_wait() {
                     Ok(Some(status)) => {
                         children.remove(&pid);
-                        return Status::Exited { code: status.code(), message: describe_exit(status) };
+                        drop(children);
+                        return match self.oom_message(pid) {
+                            Some(message) => Status::Exited { code: None, message },
+                            None => Status::Exited { code: status.code(), message: describe_exit(status) },
+                        };
                     }
                     Ok(None) => return Status::Running,
                     Err(_) => {
@@ -117,10 +237,10 @@ impl ProcessRuntime {
             Ok(s) if s.start_ticks == start_ticks && s.state != 'Z' && s.state != 'X' => Status::Running,
             _ => {
                 reap(pid);
-                Status::Exited {
-                    code: None,
-                    message: "exited while an earlier agent was its parent: exit status unknown".into(),
-                }
+                let message = self.oom_message(pid).unwrap_or_else(|| {
+                    "exited while an earlier agent was its parent: exit status unknown".into()
+                });
+                Status::Exited { code: None, message }
             }
         }
     }
@@ -231,6 +351,41 @@ impl Runtime for ProcessRuntime {
         async move { file_logs(&[alloc_dir.join(STDOUT_LOG), alloc_dir.join(STDERR_LOG)], request, alive).await }
             .boxed()
     }
+}
+
+/// Moves a log over `max` bytes to `PATH.1` (replacing the older one), so
+/// a workload's output never takes more than about twice `max` per stream.
+/// Only checked when the workload (re)starts and by [`rotate_running`].
+pub fn rotate_if_large(path: &Path, max: u64) {
+    if max == 0 {
+        return;
+    }
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > max) {
+        let mut old = path.as_os_str().to_owned();
+        old.push(".1");
+        if let Err(e) = std::fs::rename(path, &old) {
+            tracing::warn!(path = %path.display(), "rotating a log: {e}");
+        }
+    }
+}
+
+/// Cuts a log that is being written: copies its newest half to `PATH.1`'s
+/// place and truncates it in place, so the writer's descriptor (opened with
+/// `O_APPEND`) keeps working. Returns whether it cut.
+pub fn rotate_running(path: &Path, max: u64) -> std::io::Result<bool> {
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if max == 0 || len <= max {
+        return Ok(false);
+    }
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    std::fs::copy(path, &old)?;
+    std::fs::OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    Ok(true)
 }
 
 /// `exit code 1`, `killed by signal 9 (SIGKILL)`.

@@ -44,6 +44,8 @@ pub const TICK: Duration = Duration::from_millis(250);
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait for one runtime status answer in a tick.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often running process workloads' log sizes are checked.
+const LOG_CHECK: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
@@ -156,6 +158,7 @@ pub struct Manager {
     in_flight: usize,
     probing: BTreeSet<String>,
     logs: Logs,
+    next_log_check_ms: u64,
 }
 
 impl Manager {
@@ -187,6 +190,7 @@ impl Manager {
             in_flight: 0,
             probing: BTreeSet::new(),
             logs,
+            next_log_check_ms: 0,
         })
     }
 
@@ -241,6 +245,11 @@ impl Manager {
                     r.phase = Phase::Running { since_ms: now }
                 }
                 _ => {}
+            }
+        }
+        for (id, r) in &self.state.records {
+            if let Some(handle @ Handle::Process { .. }) = &r.handle {
+                self.runtimes.process.adopt(id, handle);
             }
         }
         if let Some(docker) = self.runtimes.docker.clone() {
@@ -356,8 +365,32 @@ impl Manager {
             self.execute(action, &desired);
         }
         self.share_gpus();
+        self.rotate_logs(now);
         self.save();
         self.publish(&desired);
+    }
+
+    /// Cuts the logs of running process workloads that grew past the limit
+    /// (checked every [`LOG_CHECK`]).
+    fn rotate_logs(&mut self, now: u64) {
+        if now < self.next_log_check_ms {
+            return;
+        }
+        self.next_log_check_ms = now + LOG_CHECK.as_millis() as u64;
+        let max = self.runtimes.process.settings().log_max_bytes;
+        for (id, r) in &self.state.records {
+            if r.runtime != "process" || !matches!(r.phase, Phase::Running { .. }) {
+                continue;
+            }
+            let dir = self.cfg.data_dir.join("allocs").join(id);
+            for name in [crate::runtime::process::STDOUT_LOG, crate::runtime::process::STDERR_LOG] {
+                match crate::runtime::process::rotate_running(&dir.join(name), max) {
+                    Ok(true) => debug!(alloc = %id, log = name, "log rotated"),
+                    Ok(false) => {}
+                    Err(e) => warn!(alloc = %id, log = name, "rotating the log: {e}"),
+                }
+            }
+        }
     }
 
     /// Asks the runtime about every running allocation.
@@ -433,6 +466,9 @@ impl Manager {
             Action::Forget { id } => {
                 if let Some(r) = self.state.records.remove(&id) {
                     debug!(alloc = %id, "forgotten");
+                    if r.runtime == "process" {
+                        self.runtimes.process.release(&id);
+                    }
                     if let Some(handle @ Handle::Docker { .. }) = r.handle {
                         // The container stayed for its logs; it goes with the record.
                         if let Ok(rt) = self.runtimes.for_handle(&handle) {

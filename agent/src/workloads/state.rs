@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use gantry_common::workload::DesiredAlloc;
@@ -65,7 +66,15 @@ impl StateFile {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let bytes = serde_json::to_vec_pretty(self)
             .map_err(|e| StateError::Io { path: tmp.clone(), source: e.into() })?;
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        // Root's only: it names every workload, its ports and its handles.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
         f.write_all(&bytes).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;

@@ -68,7 +68,7 @@ impl Running {
     ) -> Running {
         let (session, side) = link();
         let mps = Arc::new(Mps::new(MpsControl::Modelled(gpus.clone()), data_dir.join("mps")));
-        let runtimes = Runtimes { process: Arc::new(ProcessRuntime::new()), docker };
+        let runtimes = Runtimes { process: Arc::new(ProcessRuntime::default()), docker };
         let cfg = ManagerConfig {
             node: "node-a".into(),
             data_dir: data_dir.to_path_buf(),

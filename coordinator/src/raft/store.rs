@@ -85,6 +85,15 @@ pub enum StoreError {
 pub fn open_store(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     let db = Database::create(path)
         .map_err(|source| StoreError::Open { path: path.to_path_buf(), source: Box::new(source) })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            StoreError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("cannot make it private (mode 0600): {e}"),
+            }
+        })?;
+    }
     let db = Arc::new(db);
     init_tables(&db).map_err(|fault| fault.into_store_error(path))?;
     let log = LogStore::new(Arc::clone(&db));

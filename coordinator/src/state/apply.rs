@@ -1,6 +1,6 @@
 //! `apply`: the deterministic state transition.
 
-use gantry_common::model::{validate_name, NodeStatus};
+use gantry_common::model::{validate_label_value, validate_name, NodeStatus};
 
 use super::apply_workloads as workloads;
 use super::{Command, CommandResponse, KeyedWrite, NodeRecord, State, MAX_WRITE_KEYS};
@@ -44,7 +44,7 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
         Command::ApplyPlan(plan) => workloads::apply_plan(state, plan),
         Command::ReportAllocs { node, reports } => workloads::report(state, node, reports),
         Command::RegisterNode { info } => {
-            if let Err(reason) = validate_name("node.name", &info.name) {
+            if let Err(reason) = info.validate() {
                 return CommandResponse::Rejected { reason };
             }
             if let Some(record) = state.nodes.get(&info.name) {
@@ -93,10 +93,8 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
                 if let Err(reason) = validate_name("labels key", key) {
                     return CommandResponse::Rejected { reason };
                 }
-                if value.len() > 253 {
-                    return CommandResponse::Rejected {
-                        reason: format!("labels value of {key:?} is longer than 253 characters"),
-                    };
+                if let Err(reason) = validate_label_value(&format!("labels.{key}"), value) {
+                    return CommandResponse::Rejected { reason };
                 }
             }
             let mut labels = record.operator_labels.clone();
@@ -298,6 +296,27 @@ mod tests {
         let r = apply(&mut s, &Command::SetNodeLabels { node: "n1".into(), set, remove: vec![] });
         assert!(matches!(r, CommandResponse::Rejected { reason } if reason.contains("labels key")));
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn label_values_with_control_characters_are_rejected() {
+        let mut s = State::default();
+        apply(&mut s, &Command::RegisterNode { info: info("n1", 1) });
+        for bad in ["a\0b", "x\r\nnode-9  ready", "\u{1b}[2J"] {
+            let set = BTreeMap::from([("k".to_string(), bad.to_string())]);
+            let r = apply(&mut s, &Command::SetNodeLabels { node: "n1".into(), set, remove: vec![] });
+            assert!(
+                matches!(&r, CommandResponse::Rejected { reason } if reason.contains("control character")),
+                "{r:?}"
+            );
+        }
+        let mut forged = info("n2", 1);
+        forged.labels.insert("zone".into(), "a\r\nnode-9  ready".into());
+        assert!(matches!(
+            apply(&mut s, &Command::RegisterNode { info: forged }),
+            CommandResponse::Rejected { .. }
+        ));
+        assert!(!s.nodes.contains_key("n2"));
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub fn prepare(
     agents: &[AgentSetup],
     docker_socket: &str,
 ) -> anyhow::Result<Vec<ProcessPlan>> {
+    // Traversable, not listable: each process directory inside sets its own mode.
+    private(dir, 0o711)?;
     let coordinators = args.coordinators;
     let pki = dir.join("pki");
     if pki.join("ca.pem").exists() {
@@ -54,6 +56,7 @@ pub fn prepare(
             .context("issuing a coordinator certificate")?;
         let admin_socket = home.join("admin.sock");
         check_socket_path(&admin_socket)?;
+        private(&home, 0o700)?;
         let config = CoordinatorFile {
             id,
             listen: listen.to_string(),
@@ -93,8 +96,10 @@ pub fn prepare(
             port_range: format!("{}-{}", setup.ports.0, setup.ports.1),
             advertise_address: "127.0.0.1".to_string(),
             docker_socket: docker_socket.to_string(),
+            workload_user: workload_user(),
             tls: files,
         };
+        private(&home, 0o711)?;
         let path = home.join("agent.toml");
         write_toml(&path, &config)?;
         plan.push(ProcessPlan {
@@ -135,7 +140,28 @@ struct AgentFile {
     port_range: String,
     advertise_address: String,
     docker_socket: String,
+    workload_user: String,
     tls: TlsFiles,
+}
+
+/// Who the dev agents run workloads as: `nobody` when gantryctl runs as
+/// root (as an agent does in production), else the user running it (an
+/// unprivileged agent cannot switch users).
+fn workload_user() -> String {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return "nobody".into();
+    }
+    nix::unistd::User::from_uid(uid).ok().flatten().map_or_else(|| "nobody".into(), |u| u.name)
+}
+
+/// Sets a process directory's mode: coordinators' are 0700 (the Raft log
+/// holds every spec); agents' 0711, so workload users can reach their own
+/// working directories inside without listing anything.
+fn private(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("making {} private", dir.display()))
 }
 
 fn write_toml<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
