@@ -42,6 +42,10 @@ if sys.argv[1:] == ["-d"]:
         os.unlink(path)
     s.bind(path)
     s.listen(8)
+    # The real daemon answers on its socket a moment before its pid file is
+    # there; widen that moment so a check that races it fails every time.
+    import time
+    time.sleep(0.3)
     # Named like its program, as the real daemon is (PR_SET_NAME).
     import ctypes
     ctypes.CDLL(None).prctl(15, os.path.basename(sys.argv[0]).encode()[:15], 0, 0, 0)
@@ -100,6 +104,8 @@ async fn program_daemon_starts_once_and_quits() {
     b.unwrap();
     assert!(mps.running(2));
 
+    // Once `ensure` returned, the daemon's pid file is there: the agent waits
+    // for it, so `running` never disagrees with an earlier `ensure`.
     // A daemon killed outright leaves its pid file: it does not count as running,
     // and the next start replaces it.
     let pid: i32 = std::fs::read_to_string(mps.pipe_dir(2).join("nvidia-cuda-mps-control.pid"))
@@ -114,7 +120,7 @@ async fn program_daemon_starts_once_and_quits() {
             gone.elapsed() < std::time::Duration::from_secs(10),
             "a killed daemon still counts as running"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     mps.ensure(2, "GPU-abc").await.unwrap();
     assert!(mps.running(2));

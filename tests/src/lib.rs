@@ -209,6 +209,11 @@ impl DevCluster {
     }
 
     /// The log of a process, for assertion messages.
+    /// How many lines of a process's log contain `text`.
+    pub fn log_count(&self, entry: &ProcessEntry, text: &str) -> usize {
+        std::fs::read_to_string(&entry.log).unwrap_or_default().lines().filter(|l| l.contains(text)).count()
+    }
+
     pub fn log_tail(&self, entry: &ProcessEntry) -> String {
         let text = std::fs::read_to_string(&entry.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -145,14 +145,21 @@ fn restarted_follower_does_not_depose_the_leader() -> anyhow::Result<()> {
     let term = status(&c, &leader_entry)?.term;
     let follower = c.coordinators().into_iter().find(|p| id_of(p) != leader).unwrap();
     c.kill9(&follower)?;
-    // Long enough for the leader's connector to be between attempts to a dead peer.
+    // The fault itself: a follower down long enough that the leader's
+    // connector is between attempts to it when it comes back.
     std::thread::sleep(Duration::from_secs(2));
+    let allowed_before = c.log_count(&follower, "elections allowed");
     c.restart(&follower)?;
     wait_for(Duration::from_secs(30), || {
         status(&c, &follower).ok().filter(|s| s.answered_by == id_of(&follower))
     })?;
-    // Past the restarted node's election timer, its grace and the watchdog's patience.
-    std::thread::sleep(Duration::from_secs(6));
+    // The restarted node may campaign once its grace ended: wait for that...
+    wait_for(Duration::from_secs(30), || {
+        (c.log_count(&follower, "elections allowed") > allowed_before).then_some(())
+    })?;
+    // ...then watch for an election for longer than its election timer and
+    // the watchdog's patience (3 x 600 ms): an observation window, not a wait.
+    std::thread::sleep(Duration::from_secs(3));
     for p in c.coordinators() {
         let s = status(&c, &p)?;
         assert_eq!(

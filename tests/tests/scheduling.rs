@@ -142,7 +142,17 @@ fn writes_across_a_stalled_leader_are_acknowledged_without_client_retries() -> a
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(300));
+        // The others' submissions are acknowledged while the stalled one's
+        // waits: resume it only then, so all three were in flight across the stall.
+        wait_for(Duration::from_secs(30), || {
+            let stalled_socket = stalled.admin_socket.clone().unwrap();
+            let done = clients
+                .iter()
+                .zip(&sockets)
+                .filter(|(t, s)| **s != stalled_socket && t.is_finished())
+                .count();
+            (done == sockets.len() - 1).then_some(())
+        })?;
         kill(pid, Signal::SIGCONT)?;
         for (i, t) in clients.into_iter().enumerate() {
             let answer = t.join().map_err(|_| anyhow::anyhow!("client {i} panicked"))?;

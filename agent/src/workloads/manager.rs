@@ -159,6 +159,8 @@ pub struct Manager {
     probing: BTreeSet<String>,
     logs: Logs,
     next_log_check_ms: u64,
+    /// A coordinator's desired set has arrived since the agent started.
+    following: bool,
 }
 
 impl Manager {
@@ -191,6 +193,7 @@ impl Manager {
             probing: BTreeSet::new(),
             logs,
             next_log_check_ms: 0,
+            following: false,
         })
     }
 
@@ -328,6 +331,14 @@ impl Manager {
         let current = self.link.desired.borrow_and_update().clone();
         match current {
             Some(set) => {
+                if !self.following {
+                    self.following = true;
+                    info!(
+                        index = set.index,
+                        allocations = set.allocs.len(),
+                        "following the coordinator's desired set"
+                    );
+                }
                 let changed = self
                     .state
                     .desired

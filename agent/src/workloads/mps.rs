@@ -49,6 +49,9 @@ pub enum MpsError {
 /// How long a started daemon may take to open its control socket, and a
 /// stopped one to close it.
 const SETTLE: Duration = Duration::from_secs(10);
+/// How long a freshly started daemon may take to write its pid file before
+/// the agent takes it for a program that writes none.
+const PID_FILE_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Mps {
     control: MpsControl,
@@ -149,16 +152,25 @@ impl Mps {
         if !status.success() {
             return Err(fail(format!("{status}; see {}", log.join("control.log").display())));
         }
-        let deadline = Instant::now() + SETTLE;
-        // Up once clients can connect and its pid file names it (a killed
-        // daemon leaves a stale one behind).
-        while !(control_socket_answers(&pipe) && daemon_alive(&pipe, program)) {
-            if Instant::now() >= deadline {
+        let started = Instant::now();
+        // Up once clients can connect and its pid file names it. The daemon
+        // listens before it writes the pid file, so a connect alone would
+        // report it up while `running` still reads a missing (or a killed
+        // daemon's stale) pid file: wait for both, so that once `ensure`
+        // returns, every later check agrees. A control program that writes
+        // no pid file at all is taken at its socket after PID_FILE_WAIT.
+        loop {
+            let answers = control_socket_answers(&pipe);
+            let pid_file = pid_file_names_daemon(&pipe, program);
+            if answers && (pid_file || (started.elapsed() >= PID_FILE_WAIT && !pipe.join(PID_FILE).exists()))
+            {
+                return Ok(());
+            }
+            if started.elapsed() >= SETTLE {
                 return Err(fail(format!("its control socket did not appear in {}", pipe.display())));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(())
     }
 
     async fn stop_program(&self, program: &Path, index: u32) -> Result<(), MpsError> {
@@ -203,9 +215,15 @@ const PID_FILE: &str = "nvidia-cuda-mps-control.pid";
 /// control program's, so a reused pid does not count. Without a pid file,
 /// whether its control socket accepts a connection.
 fn daemon_alive(pipe: &Path, program: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(pipe.join(PID_FILE)) else {
+    if !pipe.join(PID_FILE).exists() {
         return control_socket_answers(pipe);
-    };
+    }
+    pid_file_names_daemon(pipe, program)
+}
+
+/// Whether [`PID_FILE`] exists and names a live process of the program.
+fn pid_file_names_daemon(pipe: &Path, program: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(pipe.join(PID_FILE)) else { return false };
     let Ok(pid) = text.trim().parse::<u32>() else { return false };
     let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else { return false };
     let name = program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
