@@ -33,6 +33,8 @@
 //! - Stores written as `gantry-raft-store/1` (postcard) are migrated on open
 //!   by the coordinator, from the frozen definitions in [`v1`].
 
+#[doc(hidden)]
+pub mod samples;
 pub mod v1;
 
 use serde::de::DeserializeOwned;

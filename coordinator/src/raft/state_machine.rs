@@ -266,12 +266,12 @@ const MACHINE_KEY: &str = "machine";
 const SNAPSHOT_META_KEY: &str = "snapshot_meta";
 const SNAPSHOT_DATA_KEY: &str = "snapshot_data";
 
-/// What the state machine keeps: the persisted record and a snapshot's data.
+/// What the state machine keeps: the persisted record and a snapshot's data (a stored format: see `tests/golden.rs`).
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub(crate) struct Applied {
-    pub(crate) last_applied: Option<LogId<NodeId>>,
-    pub(crate) last_membership: StoredMembership<NodeId, BasicNode>,
-    pub(crate) state: State,
+pub struct Applied {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub last_membership: StoredMembership<NodeId, BasicNode>,
+    pub state: State,
 }
 
 impl Applied {
