@@ -48,6 +48,9 @@ pub struct RaftTuning {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and purge the log) after this many applied entries.
     pub snapshot_after_entries: u64,
+    /// Memory redb may keep as its page cache, MiB. redb's own default is
+    /// 1 GiB, which a busy store fills and never gives back.
+    pub store_cache_mib: u64,
 }
 
 impl Default for RaftTuning {
@@ -57,6 +60,7 @@ impl Default for RaftTuning {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             snapshot_after_entries: 5000,
+            store_cache_mib: 64,
         }
     }
 }
@@ -117,6 +121,9 @@ impl CoordinatorConfig {
                 "raft.election_timeout_min_ms",
                 "must be larger than raft.heartbeat_interval_ms",
             ));
+        }
+        if !(1..=65_536).contains(&r.store_cache_mib) {
+            return Err(invalid("raft.store_cache_mib", "must be 1-65536"));
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return Err(invalid(

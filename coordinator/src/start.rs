@@ -16,7 +16,7 @@ use crate::config::CoordinatorConfig;
 use crate::metrics::Metrics;
 use crate::peer::client::PeerClient;
 use crate::raft::network::PeerNetworkFactory;
-use crate::raft::store::open_store;
+use crate::raft::store::open_store_with_cache;
 use crate::raft::{handoff, rejoin, watchdog, Raft};
 use crate::service::Service;
 use crate::telemetry::TelemetryStore;
@@ -71,7 +71,8 @@ pub async fn run(
         std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(data_dir_error)?;
     }
-    let (log_store, state_machine) = open_store(&config.data_dir.join("raft.redb"))?;
+    let cache = usize::try_from(config.raft.store_cache_mib << 20).unwrap_or(usize::MAX);
+    let (log_store, state_machine) = open_store_with_cache(&config.data_dir.join("raft.redb"), cache)?;
     let state = state_machine.reader();
 
     let server_config = tls::server_config(&identity, &[ALPN_RAFT, ALPN_AGENT, ALPN_API])?;

@@ -83,7 +83,20 @@ pub enum StoreError {
 /// The state machine comes back with the state it had persisted, so openraft
 /// only re-applies the entries after its last applied log id.
 pub fn open_store(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
-    let db = Database::create(path)
+    open_store_with_cache(path, DEFAULT_CACHE_BYTES)
+}
+
+/// The page cache a store gets unless configured (`raft.store_cache_mib`).
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// [`open_store`] with a page cache of at most `cache_bytes`.
+pub fn open_store_with_cache(
+    path: &Path,
+    cache_bytes: usize,
+) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
         .map_err(|source| StoreError::Open { path: path.to_path_buf(), source: Box::new(source) })?;
     {
         use std::os::unix::fs::PermissionsExt;
