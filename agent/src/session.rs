@@ -41,6 +41,9 @@ const REPORT_EVERY: Duration = Duration::from_millis(100);
 const REPORT_REFRESH: Duration = Duration::from_secs(10);
 /// Most reports in one request (the leader takes at most 10,000).
 const REPORTS_PER_CALL: usize = 1_000;
+/// A report waits for a Raft write, which a busy leader may queue: more
+/// time than a heartbeat gets before the link counts as lost.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the chunks of one desired set may take to arrive.
 const DESIRED_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A link that lived this long was healthy: the next failure starts the backoff afresh.
@@ -410,7 +413,7 @@ async fn send_reports(
         if !changed.is_empty() {
             for batch in changed.chunks(REPORTS_PER_CALL) {
                 let req = AgentRequest::ReportAllocs { node: node.to_string(), reports: batch.to_vec() };
-                match call(conn, addr, req, CALL_TIMEOUT).await {
+                match call(conn, addr, req, REPORT_TIMEOUT).await {
                     Ok(AgentResponse::ReportsAck) => {
                         for r in batch {
                             sent.insert(r.id.clone(), r.clone());

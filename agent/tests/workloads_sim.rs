@@ -219,10 +219,10 @@ async fn health_checks_drive_health_and_restarts() {
     let good = desired("infer.0.1", parse_workload_toml(&toml).unwrap(), Vec::new(), DesiredState::Run);
     // The same server probed on a path it answers 404: unhealthy, then restarted.
     let mut bad = desired("infer.1.1", parse_workload_toml(&toml).unwrap(), Vec::new(), DesiredState::Run);
-    if let Some(h) = bad.spec.health.as_mut() {
+    if let Some(h) = std::sync::Arc::make_mut(&mut bad.spec).health.as_mut() {
         h.path = "/nope".into();
     }
-    bad.spec.restart.backoff_ms = 50;
+    std::sync::Arc::make_mut(&mut bad.spec).restart.backoff_ms = 50;
     let agent = Running::start(dir.path(), gpus, None, HEALTH_PORTS).await;
     agent.session.desired.send_replace(Some(DesiredSet { index: 1, allocs: vec![good, bad] }));
     let r = agent.wait_report("infer.0.1", "healthy", |r| r.health == HealthState::Healthy).await;

@@ -54,8 +54,9 @@ pub fn quorum_problem(s: &ClusterStatus) -> Option<String> {
     let reachable = voters.iter().filter(|m| m.reachable).count();
     let majority = voters.len() / 2 + 1;
     if s.leader.is_none() || s.stale.is_some() {
+        let why = s.stale.as_ref().map_or("no leader", |st| st.reason.as_str());
         return Some(format!(
-            "no quorum: no leader (coordinator {} answered; {reachable} of {} voters reachable from it, a \
+            "no quorum: {why} (coordinator {} answered; {reachable} of {} voters reachable from it, a \
              majority is {majority}). Writes are refused and views may be out of date",
             s.answered_by,
             voters.len()

@@ -60,3 +60,26 @@ pub fn tcp(addr: &str, method: &str, path: &str, body: Option<&str>) -> anyhow::
     stream.set_read_timeout(Some(TIMEOUT))?;
     exchange(stream, method, path, body)
 }
+
+/// A request to the admin socket with its own headers and body, for
+/// requests a well-behaved client never sends. Returns (status, headers, body).
+pub fn admin_raw(socket: &Path, head: &str, body: &[u8]) -> anyhow::Result<(u16, String, String)> {
+    let mut stream =
+        UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut req = head.replace('\n', "\r\n").into_bytes();
+    req.extend_from_slice(format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes());
+    req.extend_from_slice(body);
+    // A server may answer (413) and close before it read everything: that is fine.
+    let _ = stream.write_all(&req);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let (headers, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no HTTP header in {text:?}"))?;
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("no status in {headers:?}"))?;
+    Ok((status, headers.to_ascii_lowercase(), body.to_string()))
+}

@@ -16,7 +16,7 @@
 //! When the agent stops, the manager waits a little for operations under way,
 //! saves, and leaves every workload running.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -136,6 +136,10 @@ impl Logs {
     }
 }
 
+/// The desired set in force, whether it is a coordinator's (authoritative),
+/// and its allocations' positions by id.
+type CurrentSet = (Arc<Vec<DesiredAlloc>>, bool, HashMap<String, usize>);
+
 /// What a runtime task reports back.
 enum Done {
     Started { id: String, result: Result<(Handle, Vec<String>), String> },
@@ -151,7 +155,12 @@ pub struct Manager {
     link: ManagerSide,
     state: StateFile,
     /// The state file as last written, to write only on change.
-    saved: Vec<u8>,
+    saved: Option<StateFile>,
+    /// The desired set in force, whether it is the coordinator's, and its
+    /// allocations by id.
+    current: Option<CurrentSet>,
+    /// Index of the session's set `current` was built from.
+    current_index: Option<u64>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     /// Start and stop tasks under way.
@@ -185,7 +194,7 @@ impl Manager {
             runtimes,
             mps,
             link,
-            saved: serde_json::to_vec(&state).unwrap_or_default(),
+            saved: Some(state.clone()),
             state,
             done_tx,
             done_rx,
@@ -194,6 +203,8 @@ impl Manager {
             logs,
             next_log_check_ms: 0,
             following: false,
+            current: None,
+            current_index: None,
         })
     }
 
@@ -326,11 +337,17 @@ impl Manager {
     }
 
     /// The desired set in force: the session's when a coordinator has
-    /// answered since the agent started (authoritative), else the persisted one.
-    fn desired(&mut self) -> (Vec<DesiredAlloc>, bool) {
-        let current = self.link.desired.borrow_and_update().clone();
-        match current {
-            Some(set) => {
+    /// answered since the agent started (authoritative), else the persisted
+    /// one. Rebuilt only when the session published a new set: a node may
+    /// hold thousands of allocations.
+    fn desired(&mut self) -> (Arc<Vec<DesiredAlloc>>, bool) {
+        // The session's set changes exactly when its index (the
+        // coordinator's revision of this node) does.
+        let published = self.link.desired.borrow().as_ref().map(|s| s.index);
+        let fresh = self.current.is_none() || published != self.current_index;
+        if fresh {
+            let set = self.link.desired.borrow_and_update().clone();
+            if let Some(set) = set {
                 if !self.following {
                     self.following = true;
                     info!(
@@ -348,20 +365,27 @@ impl Manager {
                     self.state.desired =
                         Some(PersistedDesired { index: set.index, allocs: set.allocs.clone() });
                 }
-                (set.allocs, true)
+                self.current_index = Some(set.index);
+                self.set_current(Arc::new(set.allocs), true);
+            } else if self.current.is_none() {
+                let persisted = self.state.desired.as_ref().map(|p| p.allocs.clone()).unwrap_or_default();
+                self.set_current(Arc::new(persisted), false);
             }
-            None => (self.state.desired.as_ref().map(|p| p.allocs.clone()).unwrap_or_default(), false),
+        }
+        match &self.current {
+            Some((set, authoritative, _)) => (set.clone(), *authoritative),
+            None => (Arc::new(Vec::new()), false),
         }
     }
 
+    fn set_current(&mut self, set: Arc<Vec<DesiredAlloc>>, authoritative: bool) {
+        let by_id = set.iter().enumerate().map(|(i, d)| (d.alloc.id.clone(), i)).collect();
+        self.current = Some((set, authoritative, by_id));
+    }
+
     fn desired_alloc(&self, id: &str) -> Option<DesiredAlloc> {
-        let from_link = self
-            .link
-            .desired
-            .borrow()
-            .as_ref()
-            .and_then(|s| s.allocs.iter().find(|d| d.alloc.id == id).cloned());
-        from_link.or_else(|| self.state.desired.as_ref()?.allocs.iter().find(|d| d.alloc.id == id).cloned())
+        let (set, _, by_id) = self.current.as_ref()?;
+        by_id.get(id).and_then(|&i| set.get(i)).cloned()
     }
 
     async fn tick(&mut self) {
@@ -373,7 +397,7 @@ impl Manager {
         self.schedule_probes(&desired);
         let now = now_ms();
         for action in reconcile::reconcile(&desired, authoritative, &self.state.records, now) {
-            self.execute(action, &desired);
+            self.execute(action);
         }
         self.share_gpus();
         self.rotate_logs(now);
@@ -460,11 +484,11 @@ impl Manager {
         }
     }
 
-    fn execute(&mut self, action: Action, desired: &[DesiredAlloc]) {
+    fn execute(&mut self, action: Action) {
         match action {
             Action::Start { id } => {
-                let Some(d) = desired.iter().find(|d| d.alloc.id == id) else { return };
-                self.start(d.clone());
+                let Some(d) = self.desired_alloc(&id) else { return };
+                self.start(d);
             }
             Action::Stop { id, restart, reason } => self.stop(&id, restart, reason),
             Action::Retire { id, failed } => {
@@ -573,7 +597,7 @@ impl Manager {
         match done {
             Done::Started { id, result } => {
                 self.in_flight = self.in_flight.saturating_sub(1);
-                let check = self.desired_alloc(&id).and_then(|d| d.spec.health);
+                let check = self.desired_alloc(&id).and_then(|d| d.spec.health.clone());
                 let Some(r) = self.state.records.get_mut(&id) else { return };
                 match result {
                     Ok((handle, devices)) => {
@@ -607,7 +631,7 @@ impl Manager {
             }
             Done::Probed { id, result } => {
                 self.probing.remove(&id);
-                let Some(check) = self.desired_alloc(&id).and_then(|d| d.spec.health) else { return };
+                let Some(check) = self.desired_alloc(&id).and_then(|d| d.spec.health.clone()) else { return };
                 let Some(r) = self.state.records.get_mut(&id) else { return };
                 if let Err(e) = &result {
                     debug!(alloc = %id, "health check failed: {e}");
@@ -681,12 +705,13 @@ impl Manager {
     }
 
     fn save(&mut self) {
-        let now = serde_json::to_vec(&self.state).unwrap_or_default();
-        if now == self.saved {
+        // A comparison, not an encoding, every tick: the file is written
+        // only when something in it changed.
+        if self.saved.as_ref() == Some(&self.state) {
             return;
         }
         match self.state.save(&self.cfg.data_dir) {
-            Ok(()) => self.saved = now,
+            Ok(()) => self.saved = Some(self.state.clone()),
             Err(e) => warn!("saving the state file: {e}"),
         }
         let entries: BTreeMap<String, LogEntry> = self
@@ -796,7 +821,7 @@ impl StartTask {
         let launch = Launch {
             alloc_id: self.d.alloc.id.clone(),
             node: self.node,
-            spec: self.d.spec.clone(),
+            spec: (*self.d.spec).clone(),
             env,
             host_ports: self.host_ports,
             devices: devices.iter().map(|g| g.device_id.clone()).collect(),

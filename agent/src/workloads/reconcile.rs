@@ -185,8 +185,9 @@ pub fn reconcile(
         }
     }
     if authoritative {
+        let wanted: std::collections::HashSet<&str> = desired.iter().map(|d| d.alloc.id.as_str()).collect();
         for (id, r) in records {
-            if desired.iter().any(|d| d.alloc.id == *id) {
+            if wanted.contains(id.as_str()) {
                 continue;
             }
             match r.phase {
@@ -407,7 +408,7 @@ mod tests {
                     },
                 )
             },
-            spec,
+            spec: spec.into(),
         }
     }
 

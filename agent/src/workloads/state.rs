@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use gantry_common::workload::DesiredAlloc;
+use gantry_common::workload::{Allocation, DesiredAlloc, WorkloadSpec};
 use serde::{Deserialize, Serialize};
 
 use super::reconcile::AllocRecord;
@@ -24,11 +24,48 @@ pub struct StateFile {
     pub records: BTreeMap<String, AllocRecord>,
 }
 
+/// The last desired set. In the file each workload's spec is written once
+/// (`specs`) and the allocations without it (`allocations`); files of
+/// earlier agents, with the spec inside every allocation (`allocs`), still load.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "DesiredOnDisk", into = "DesiredOnDisk")]
 pub struct PersistedDesired {
     pub index: u64,
     pub allocs: Vec<DesiredAlloc>,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DesiredOnDisk {
+    index: u64,
+    #[serde(default)]
+    specs: Vec<WorkloadSpec>,
+    #[serde(default)]
+    allocations: Vec<Allocation>,
+    /// Written by agents before the specs were split out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allocs: Vec<DesiredAlloc>,
+}
+
+impl From<DesiredOnDisk> for PersistedDesired {
+    fn from(d: DesiredOnDisk) -> Self {
+        let (mut allocs, _orphans) = gantry_common::wire::assemble_desired(&d.specs, d.allocations);
+        allocs.extend(d.allocs);
+        PersistedDesired { index: d.index, allocs }
+    }
+}
+
+impl From<PersistedDesired> for DesiredOnDisk {
+    fn from(p: PersistedDesired) -> Self {
+        let mut specs: Vec<WorkloadSpec> = Vec::new();
+        for d in &p.allocs {
+            if !specs.iter().any(|s| s.name == d.spec.name) {
+                specs.push((*d.spec).clone());
+            }
+        }
+        let allocations = p.allocs.into_iter().map(|d| d.alloc).collect();
+        DesiredOnDisk { index: p.index, specs, allocations, allocs: Vec::new() }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,5 +139,55 @@ mod tests {
         std::fs::write(dir.path().join(STATE_FILE), b"{ not json").unwrap();
         let err = StateFile::load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("allocs.json") && err.to_string().contains("move it away"), "{err}");
+    }
+
+    fn sample_set(n: u32) -> Vec<DesiredAlloc> {
+        let spec = std::sync::Arc::new(gantry_common::schema::samples::spec());
+        (0..n)
+            .map(|i| {
+                let mut alloc = gantry_common::schema::samples::alloc();
+                alloc.id = format!("llm.{i}.{i}");
+                alloc.replica = i;
+                DesiredAlloc { alloc, spec: spec.clone() }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_spec_is_written_once_and_the_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateFile {
+            desired: Some(PersistedDesired { index: 3, allocs: sample_set(100) }),
+            ..Default::default()
+        };
+        state.save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert_eq!(text.matches("/models/tiny.json").count(), 1, "the spec once, not once per allocation");
+        assert_eq!(StateFile::load(dir.path()).unwrap(), state);
+        let mode = std::fs::metadata(dir.path().join(STATE_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_state_file_of_an_earlier_agent_loads() {
+        // c6cdaa7 wrote every allocation with its spec, and allocations had
+        // no exit_code, failures or start_failed.
+        let set = sample_set(2);
+        let mut old = serde_json::json!({ "desired": { "index": 9, "allocs": set }, "records": {} });
+        for a in old["desired"]["allocs"].as_array_mut().unwrap() {
+            for field in ["exit_code", "failures", "start_failed"] {
+                a["alloc"].as_object_mut().unwrap().remove(field);
+            }
+            a["spec"].as_object_mut().unwrap().remove("user");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), serde_json::to_vec(&old).unwrap()).unwrap();
+        let loaded = StateFile::load(dir.path()).unwrap();
+        let desired = loaded.desired.unwrap();
+        assert_eq!(desired.index, 9);
+        assert_eq!(desired.allocs.len(), 2);
+        assert_eq!(desired.allocs[1].alloc.id, "llm.1.1");
+        assert_eq!(desired.allocs[0].alloc.exit_code, None);
     }
 }

@@ -47,7 +47,7 @@ pub fn desired(id: &str, spec: WorkloadSpec, gpus: Vec<AllocGpu>, state: Desired
                 },
             )
         },
-        spec,
+        spec: spec.into(),
     }
 }
 

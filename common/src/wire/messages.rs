@@ -193,13 +193,13 @@ pub fn desired_chunks(specs: Vec<WorkloadSpec>, allocs: Vec<Allocation>, target:
 /// Puts a desired set back together: each allocation with its workload's
 /// spec. An allocation whose spec is missing is left out (and named).
 pub fn assemble_desired(specs: &[WorkloadSpec], allocs: Vec<Allocation>) -> (Vec<DesiredAlloc>, Vec<String>) {
-    let by_name: std::collections::BTreeMap<&str, &WorkloadSpec> =
-        specs.iter().map(|s| (s.name.as_str(), s)).collect();
+    let by_name: std::collections::BTreeMap<&str, std::sync::Arc<WorkloadSpec>> =
+        specs.iter().map(|s| (s.name.as_str(), std::sync::Arc::new(s.clone()))).collect();
     let mut set = Vec::with_capacity(allocs.len());
     let mut orphans = Vec::new();
     for alloc in allocs {
         match by_name.get(alloc.workload.as_str()) {
-            Some(spec) => set.push(DesiredAlloc { spec: (*spec).clone(), alloc }),
+            Some(spec) => set.push(DesiredAlloc { spec: spec.clone(), alloc }),
             None => orphans.push(alloc.id),
         }
     }

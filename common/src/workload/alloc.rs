@@ -223,11 +223,13 @@ impl Allocation {
     }
 }
 
-/// An allocation as the agent receives it: with the spec to run.
+/// An allocation as the agent holds it: with the spec to run. The spec is
+/// shared by every replica of its workload on the node (a node may run
+/// thousands of replicas of one workload).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DesiredAlloc {
     pub alloc: Allocation,
-    pub spec: WorkloadSpec,
+    pub spec: std::sync::Arc<WorkloadSpec>,
 }
 
 /// What the agent observed of one allocation.

@@ -108,6 +108,24 @@ impl StateMachineStore {
         Ok(Self { db, reader, snapshot_seq: Arc::new(AtomicU64::new(0)) })
     }
 
+    /// Encodes the current state (under a read lock) and writes it as the
+    /// state machine, on the blocking pool.
+    async fn persist_current(&self) -> StorageResult<()> {
+        let db = Arc::clone(&self.db);
+        let reader = self.reader.clone();
+        blocking(StorageIOError::write_state_machine, move || {
+            let bytes = {
+                let applied = reader.lock_read();
+                encode("state machine", &*applied)?
+            };
+            let txn = db.begin_write()?;
+            txn.open_table(MACHINE)?.insert(MACHINE_KEY, bytes.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Writes `bytes` (an encoded [`Applied`]) as the state machine and, with
     /// `snapshot_meta`, as the current snapshot too, in one durable
     /// transaction.
@@ -145,17 +163,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let (responses, bytes, last_applied) = {
+        // Only the apply itself holds the write lock: readers (heartbeats,
+        // views, the planner) wait for it, never for the encoding and the
+        // fsync, which run on the blocking pool under a read lock.
+        // openraft applies one batch at a time, so nothing writes between.
+        let (responses, last_applied) = {
             let mut applied = self.reader.lock_write();
             let responses: Vec<_> = entries.into_iter().map(|entry| applied.apply(entry)).collect();
-            if responses.is_empty() {
-                return Ok(responses);
-            }
-            let bytes =
-                encode("state machine", &*applied).map_err(|f| f.io(StorageIOError::write_state_machine))?;
-            (responses, bytes, applied.last_applied)
+            (responses, applied.last_applied)
         };
-        self.persist(bytes, None).await?;
+        if responses.is_empty() {
+            return Ok(responses);
+        }
+        self.persist_current().await?;
         self.reader.notify(last_applied);
         Ok(responses)
     }

@@ -30,6 +30,9 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 const READ_WAIT: Duration = Duration::from_secs(2);
 /// Timeout of a request forwarded to the leader.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A leader that has not heard from a majority for this long answers reads
+/// as stale (a few election timeouts).
+const QUORUM_SILENCE: Duration = Duration::from_secs(2);
 
 /// An answer and whether it is stale.
 #[derive(Debug)]
@@ -110,6 +113,14 @@ impl Service {
         let deadline = Instant::now() + READ_WAIT;
         let reason = loop {
             if self.is_leader() {
+                // A leader cut off from its majority still thinks it leads
+                // (openraft 0.9 has no check-quorum): its answer is stale.
+                if let Some(ms) = self.quorum_silence_ms() {
+                    break format!(
+                        "this coordinator leads but has not heard from a majority for {:.1}s",
+                        ms as f64 / 1e3
+                    );
+                }
                 if let Attempt::Done(result) = self.execute(req.clone(), None).await {
                     return result.map(|response| Answer { response, stale: None });
                 }
@@ -233,6 +244,13 @@ impl Service {
             // committed): it may still commit under the next leader.
             Err(WriteError::Raft(e)) => Attempt::Lost(e),
         }
+    }
+
+    /// How long this leader has not heard from a majority, when that is
+    /// longer than [`QUORUM_SILENCE`].
+    pub fn quorum_silence_ms(&self) -> Option<u64> {
+        let ms = self.raft.metrics().borrow().millis_since_quorum_ack?;
+        (ms > QUORUM_SILENCE.as_millis() as u64).then_some(ms)
     }
 
     async fn commit(&self, command: Command) -> Result<ApiResponse, WriteError> {

@@ -33,6 +33,8 @@ use crate::scheduler::SchedulerStats;
 use crate::state::{Command, CommandResponse};
 use crate::telemetry::TelemetryStore;
 
+/// Longest a Raft write may wait to commit.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Most reports one agent request may carry.
 const MAX_REPORTS: usize = 10_000;
 
@@ -190,8 +192,20 @@ impl Service {
     }
 
     /// Commits a command through Raft (leader only).
+    /// A leader cut off from its majority cannot commit: the write gives up
+    /// after [`COMMIT_TIMEOUT`] with its outcome unknown (the entry may still
+    /// commit if the majority comes back).
     pub async fn write(&self, command: Command) -> Result<(u64, CommandResponse), WriteError> {
-        match self.raft.client_write(command).await {
+        let written = match tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(command)).await {
+            Ok(w) => w,
+            Err(_) => {
+                return Err(WriteError::Raft(format!(
+                    "not committed within {}s: this leader cannot reach a majority",
+                    COMMIT_TIMEOUT.as_secs()
+                )))
+            }
+        };
+        match written {
             Ok(resp) => match resp.data {
                 CommandResponse::Rejected { reason } => Err(WriteError::Rejected(reason)),
                 data => Ok((resp.log_id.index, data)),
