@@ -37,6 +37,31 @@ pub struct PeerClient {
     config: quinn::ClientConfig,
     /// One slot per peer address. A std `Mutex`: nothing awaits under it.
     peers: Arc<Mutex<HashMap<String, Slot>>>,
+    /// Calls given up on since the last answered one, by peer address
+    /// (std `Mutex`, as above).
+    given_up: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// Calls given up on in a row after which a peer's connection is replaced.
+const GIVEN_UP_BEFORE_RECONNECT: u32 = 3;
+
+/// Counts a call as given up on unless it was answered, also when its
+/// future is dropped (openraft cancels RPCs at their deadline).
+struct GivenUp<'a> {
+    counts: &'a Mutex<HashMap<String, u32>>,
+    addr: &'a str,
+    answered: bool,
+}
+
+impl Drop for GivenUp<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if self.answered {
+            counts.remove(self.addr);
+        } else {
+            *counts.entry(self.addr.to_string()).or_insert(0) += 1;
+        }
+    }
 }
 
 impl PeerClient {
@@ -45,6 +70,7 @@ impl PeerClient {
             endpoint,
             config: tls::client_config(identity, ALPN_RAFT)?,
             peers: Arc::new(Mutex::new(HashMap::new())),
+            given_up: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -56,13 +82,31 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<PeerResponse, RpcError> {
         let conn = self.connection(addr, timeout).await?;
+        // Calls given up on (timed out, or cancelled by openraft at its own
+        // deadline) since the last that was answered. A peer killed
+        // outright leaves its connection looking open until the idle
+        // timeout (5 s), and a restarted one at the same address is reached
+        // only by a fresh connection: a few given-up calls in a row
+        // (heartbeats go every 100 ms) replace it.
+        {
+            let mut given_up = self.given_up.lock().unwrap_or_else(|p| p.into_inner());
+            if given_up.get(addr).is_some_and(|n| *n >= GIVEN_UP_BEFORE_RECONNECT) {
+                given_up.remove(addr);
+                conn.close(0u32.into(), b"calls go unanswered");
+            }
+        }
+        let mut pending = GivenUp { counts: &self.given_up, addr, answered: false };
         let result = rpc::call(&conn, addr, req, PEER_MAX_FRAME, timeout).await;
-        if let Err(e) = &result {
-            if !matches!(e, RpcError::Timeout { .. }) {
+        match &result {
+            Ok(_) => pending.answered = true,
+            Err(RpcError::Timeout { .. }) => {}
+            Err(_) => {
+                pending.answered = true;
                 // A broken connection: close it so the connector makes a fresh one.
                 conn.close(0u32.into(), b"call failed");
             }
         }
+        drop(pending);
         result
     }
 
