@@ -74,6 +74,8 @@ pub async fn run(
     let cache = usize::try_from(config.raft.store_cache_mib << 20).unwrap_or(usize::MAX);
     let (log_store, state_machine) = open_store_with_cache(&config.data_dir.join("raft.redb"), cache)?;
     let state = state_machine.reader();
+    // A handle to write the applied state once Raft stopped (clones share it).
+    let machine = state_machine.clone();
 
     let server_config = tls::server_config(&identity, &[ALPN_RAFT, ALPN_AGENT, ALPN_API])?;
     let endpoint = quinn::Endpoint::server(server_config, config.listen)
@@ -149,6 +151,10 @@ pub async fn run(
     let _ = stop_tx.send(true);
     if let Err(e) = raft.shutdown().await {
         warn!("raft shutdown: {e}");
+    }
+    // So that the next start has nothing to replay.
+    if let Err(e) = machine.flush().await {
+        warn!("writing the applied state: {e}");
     }
     while tasks.join_next().await.is_some() {}
     // Let peers see our close frames, without waiting out their idle timeouts.

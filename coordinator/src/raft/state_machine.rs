@@ -19,7 +19,8 @@
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -85,7 +86,26 @@ pub struct StateMachineStore {
     reader: StateReader,
     /// Tells apart snapshots built at the same log id.
     snapshot_seq: Arc<AtomicU64>,
+    /// Entries applied since the state was last written, and when that was.
+    /// A std `Mutex`: nothing awaits under it.
+    checkpoint: Arc<Mutex<Checkpoint>>,
+    /// Write the state once this many entries are unsaved (or [`CHECKPOINT_INTERVAL`] passed).
+    checkpoint_entries: u64,
 }
+
+/// Applied entries not yet in the persisted state.
+#[derive(Debug)]
+struct Checkpoint {
+    unsaved: u64,
+    last: Instant,
+    /// Last applied index of the state as written.
+    saved: Option<u64>,
+}
+
+/// Default number of applied entries between two writes of the state.
+pub const CHECKPOINT_ENTRIES: u64 = 64;
+/// Longest the persisted state lags the applied one while entries apply.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl StateMachineStore {
     /// A handle to read the applied state and follow its changes.
@@ -103,9 +123,40 @@ impl StateMachineStore {
                 None => Applied::default(),
             }
         };
+        let saved_index = applied.last_applied.map(|l| l.index);
         let (changed, _) = watch::channel(applied.last_applied.map_or(0, |l| l.index));
         let reader = StateReader { applied: Arc::new(RwLock::new(applied)), changed: Arc::new(changed) };
-        Ok(Self { db, reader, snapshot_seq: Arc::new(AtomicU64::new(0)) })
+        Ok(Self {
+            db,
+            reader,
+            snapshot_seq: Arc::new(AtomicU64::new(0)),
+            checkpoint: Arc::new(Mutex::new(Checkpoint {
+                unsaved: 0,
+                last: Instant::now(),
+                saved: saved_index,
+            })),
+            checkpoint_entries: CHECKPOINT_ENTRIES,
+        })
+    }
+
+    /// Writes the state after every `entries` applied entries (1: after
+    /// every batch, as tests want).
+    pub fn with_checkpoint_every(mut self, entries: u64) -> Self {
+        self.checkpoint_entries = entries.max(1);
+        self
+    }
+
+    /// Writes the applied state now if any applied entry is not in it
+    /// (before a clean stop, so the next start replays nothing).
+    pub async fn flush(&self) -> StorageResult<()> {
+        if self.lock_checkpoint().unsaved == 0 {
+            return Ok(());
+        }
+        self.persist_current().await
+    }
+
+    fn lock_checkpoint(&self) -> std::sync::MutexGuard<'_, Checkpoint> {
+        self.checkpoint.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Encodes the current state (under a read lock) and writes it as the
@@ -113,10 +164,17 @@ impl StateMachineStore {
     async fn persist_current(&self) -> StorageResult<()> {
         let db = Arc::clone(&self.db);
         let reader = self.reader.clone();
+        let checkpoint = Arc::clone(&self.checkpoint);
         blocking(StorageIOError::write_state_machine, move || {
             let bytes = {
                 let applied = reader.lock_read();
-                encode("state machine", &*applied)?
+                let bytes = encode("state machine", &*applied)?;
+                // Counted under the read lock: no entry applies meanwhile.
+                let mut c = checkpoint.lock().unwrap_or_else(PoisonError::into_inner);
+                c.unsaved = 0;
+                c.last = Instant::now();
+                c.saved = applied.last_applied.map(|l| l.index);
+                bytes
             };
             let txn = db.begin_write()?;
             txn.open_table(MACHINE)?.insert(MACHINE_KEY, bytes.as_slice())?;
@@ -175,7 +233,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if responses.is_empty() {
             return Ok(responses);
         }
-        self.persist_current().await?;
+        // The log holds every committed entry, so the state need not be
+        // written per batch: a restart replays what came after the last
+        // write (openraft re-applies from the state's last applied id up to
+        // the saved committed id). Snapshots write it too, so the log is
+        // never purged past it.
+        let due = {
+            let mut c = self.lock_checkpoint();
+            c.unsaved += responses.len() as u64;
+            c.unsaved >= self.checkpoint_entries || c.last.elapsed() >= CHECKPOINT_INTERVAL
+        };
+        if due {
+            self.persist_current().await?;
+        }
         self.reader.notify(last_applied);
         Ok(responses)
     }
@@ -210,6 +280,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.persist(bytes, Some(meta_bytes)).await?;
         let last_applied = incoming.last_applied;
         *self.reader.lock_write() = incoming;
+        {
+            let mut c = self.lock_checkpoint();
+            c.unsaved = 0;
+            c.last = Instant::now();
+            c.saved = last_applied.map(|l| l.index);
+        }
         self.reader.notify(last_applied);
         Ok(())
     }
@@ -256,6 +332,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             encode("snapshot meta", &meta).map_err(|f| f.io(|e| StorageIOError::write_snapshot(None, e)))?;
 
         let db = Arc::clone(&self.db);
+        let checkpoint = Arc::clone(&self.checkpoint);
         let bytes = blocking(
             |e| StorageIOError::write_snapshot(None, e),
             move || {
@@ -271,6 +348,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                     if current.is_none_or(|c| c.last_log_id <= last_applied) {
                         table.insert(SNAPSHOT_META_KEY, meta_bytes.as_slice())?;
                         table.insert(SNAPSHOT_DATA_KEY, bytes.as_slice())?;
+                    }
+                    // The written state is never older than the snapshot,
+                    // whose building lets openraft purge the log before it.
+                    let index = last_applied.map(|l| l.index);
+                    let mut c = checkpoint.lock().unwrap_or_else(PoisonError::into_inner);
+                    if c.saved < index {
+                        table.insert(MACHINE_KEY, bytes.as_slice())?;
+                        c.saved = index;
                     }
                 }
                 txn.commit()?;
@@ -355,8 +440,9 @@ mod tests {
         }
     }
 
+    /// A state machine that writes its state after every batch.
     fn open(path: &Path) -> StateMachineStore {
-        open_store(path).unwrap().1
+        open_store(path).unwrap().1.with_checkpoint_every(1)
     }
 
     /// Two nodes registered, a membership change and one node marked down.
@@ -415,6 +501,36 @@ mod tests {
         assert_eq!(last_membership.log_id(), &Some(log_id(2)));
         assert_eq!(last_membership.voter_ids().collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(before.nodes.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_state_is_written_every_checkpoint_and_on_flush_and_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        {
+            // The default: 4 entries are fewer than a checkpoint, so the
+            // written state lags (a restart replays them from the log).
+            let mut sm = open_store(&path).unwrap().1;
+            apply_some(&mut sm).await;
+            assert_eq!(sm.reader().last_applied(), Some(4));
+        }
+        assert_eq!(open_store(&path).unwrap().1.reader().last_applied(), None);
+        {
+            let mut sm = open_store(&path).unwrap().1;
+            apply_some(&mut sm).await;
+            sm.flush().await.unwrap();
+        }
+        assert_eq!(open_store(&path).unwrap().1.reader().last_applied(), Some(4), "flushed");
+        let dir2 = tempfile::tempdir().unwrap();
+        let path2 = dir2.path().join("raft.redb");
+        {
+            let mut sm = open_store(&path2).unwrap().1;
+            apply_some(&mut sm).await;
+            sm.build_snapshot().await.unwrap();
+        }
+        let sm = open_store(&path2).unwrap().1;
+        assert_eq!(sm.reader().last_applied(), Some(4), "a snapshot writes the state too");
+        assert_eq!(sm.reader().read(|s| s.nodes.len()), 2);
     }
 
     #[tokio::test]

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Raft write latency through the admin socket as the state grows, and the
+# leader's memory once the workloads are gone, for one build (BIN_DIR):
+# a dev cluster of 1 coordinator and 1 agent (process runtime); N one-replica
+# sleep workloads submitted by 8 clients; the median and p99 of 200
+# sequential label writes with 0 and with N workloads; the leader's RSS at
+# start, with N workloads, and after every one was stopped.
+#   tests/bench/admin-writes.sh BIN_DIR [N]
+# Run two builds one after the other to compare them (docs/BENCHMARKS.md).
+set -euo pipefail
+bin=${1:?usage: admin-writes.sh BIN_DIR [N]}
+n=${2:-2000}
+dir=$(mktemp -d /tmp/gantry-writes-XXXX)
+PATH="$bin:$PATH" "$bin/gantryctl" dev --dir "$dir/c" --coordinators 1 --agents 1 --runtime process >"$dir/dev.log" 2>&1 &
+dev=$!
+trap 'kill -TERM $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 1 600); do grep -q "cluster ready" "$dir/dev.log" 2>/dev/null && break; sleep 0.2; done
+grep -q "cluster ready" "$dir/dev.log" || { cat "$dir/dev.log"; exit 1; }
+sock="$dir/c/coordinator-1/admin.sock"
+pid=$(python3 -c "import json;print([p['pid'] for p in json.load(open('$dir/c/cluster.json'))['processes'] if p['role']=='coordinator'][0])")
+python3 - "$sock" "$pid" "$n" <<'EOF'
+import http.client, json, socket, statistics, sys, threading, time
+sock, pid, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+class U(http.client.HTTPConnection):
+    def __init__(self): super().__init__("x")
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(sock)
+def req(method, url, body=None):
+    c = U(); c.request(method, url, body=None if body is None else json.dumps(body), headers={"content-type": "application/json"})
+    r = c.getresponse(); d = r.read(); c.close()
+    if r.status != 200: raise SystemExit(f"{method} {url}: {r.status} {d[:200]}")
+    return d
+def rss():
+    return int([l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]) / 1024
+def spec(i):
+    return {"name": f"b{i}", "runtime": {"process": {"command": "/bin/sleep"}}, "args": ["600"], "env": {"X": "y" * 200},
+            "ports": [], "replicas": 1, "restart": {"mode": "always", "backoff_ms": 1000, "max_backoff_ms": 60000},
+            "cpu_milli": 0, "memory_mib": 0, "gpu": "none",
+            "constraints": {"gpu_models": [], "min_gpu_memory_mib": 0, "labels": [], "spread_replicas": False},
+            "policy": None, "health": None, "stop_grace_ms": 1000}
+def writes(label):
+    ts = []
+    for i in range(200):
+        t = time.perf_counter(); req("PUT", "/v1/nodes/node-1/labels", {"set": {"bench": str(i)}}); ts.append(time.perf_counter() - t)
+    ts.sort()
+    print(f"{label}: label write median {statistics.median(ts)*1e3:.1f} ms, p99 {ts[int(len(ts)*0.99)-1]*1e3:.1f} ms")
+def parallel(f):
+    t = time.perf_counter()
+    threads = [threading.Thread(target=lambda k=k: [f(i) for i in range(k, n, 8)]) for k in range(8)]
+    [x.start() for x in threads]; [x.join() for x in threads]
+    return time.perf_counter() - t
+print(f"leader RSS at start {rss():.1f} MiB")
+writes("0 workloads")
+took = parallel(lambda i: req("POST", "/v1/workloads", spec(i)))
+print(f"{n} submissions from 8 clients in {took:.1f} s ({n/took:.0f}/s)")
+print(f"leader RSS with {n} workloads {rss():.1f} MiB")
+writes(f"{n} workloads")
+took = parallel(lambda i: req("DELETE", f"/v1/workloads/b{i}"))
+deadline = time.time() + 300
+while json.loads(req("GET", "/v1/workloads")) and time.time() < deadline:
+    time.sleep(1)
+time.sleep(5)
+print(f"leader RSS after stopping all {rss():.1f} MiB")
+EOF
