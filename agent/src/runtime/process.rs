@@ -536,6 +536,28 @@ mod tests {
     }
 
     #[test]
+    fn logs_are_cut_past_their_limit_and_the_writer_keeps_writing() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stdout.log");
+        // A writer that keeps its descriptor, as a running workload does.
+        let mut writer = OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        writer.write_all(&[b'a'; 3000]).unwrap();
+        assert!(!rotate_running(&log, 4096).unwrap(), "under the limit: nothing to do");
+        writer.write_all(&[b'b'; 3000]).unwrap();
+        assert!(rotate_running(&log, 4096).unwrap());
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+        assert_eq!(std::fs::metadata(dir.path().join("stdout.log.1")).unwrap().len(), 6000);
+        writer.write_all(b"after\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "after\n", "O_APPEND writes land at the new end");
+        // At a (re)start a large log is moved aside whole.
+        std::fs::write(&log, [b'c'; 5000]).unwrap();
+        rotate_if_large(&log, 4096);
+        assert!(!log.exists());
+        assert_eq!(std::fs::metadata(dir.path().join("stdout.log.1")).unwrap().len(), 5000);
+    }
+
+    #[test]
     fn exits_are_described() {
         assert_eq!(describe_exit(ExitStatus::from_raw(1 << 8)), "exit code 1");
         assert_eq!(describe_exit(ExitStatus::from_raw(9)), "killed by signal 9 (SIGKILL)");
