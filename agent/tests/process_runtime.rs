@@ -263,3 +263,32 @@ async fn memory_and_cpu_limits_bite_through_cgroups() {
     assert_eq!(message, "killed: out of memory (limit 64 MiB)");
     assert!(layout.find("hog.0.1").is_none(), "the group is removed once it ended");
 }
+
+/// A workload that leaves its process group (`setsid`) is still stopped:
+/// stop reaches everything in its cgroup, and only then reports done.
+#[tokio::test]
+async fn a_process_that_left_its_group_is_stopped_with_it() {
+    let layout = Layout::host();
+    if let Layout::None { why } = &layout {
+        assert!(std::env::var_os("GANTRY_REQUIRE_CGROUPS").is_none(), "no cgroups: {why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new(ProcessSettings { cgroups: layout.clone(), ..ProcessSettings::default() });
+    let mut l = launch(dir.path(), "setsid sh -c 'echo $$ > escaped.pid; exec sleep 1000' & exec sleep 1000");
+    l.alloc_id = "escape.0.1".into();
+    let handle = rt.start(&l).await.unwrap();
+    let pid_file = dir.path().join("work/escaped.pid");
+    wait_for("the escaped pid", Duration::from_secs(10), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty())
+    })
+    .await;
+    let escaped: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let alive =
+        |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    assert!(alive(escaped));
+    rt.stop(&handle, Duration::from_millis(500)).await.unwrap();
+    assert!(!alive(escaped), "the process that left the group survived the stop");
+    assert!(layout.find("escape.0.1").is_none(), "its cgroup is gone");
+}

@@ -222,6 +222,19 @@ impl Group {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
+    /// Every process in the group (in any of its hierarchies).
+    pub fn pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .dirs
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|t| t.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
     /// How many processes its memory limit killed.
     pub fn oom_kills(&self) -> u64 {
         let Some(dir) = &self.memory else { return 0 };

@@ -220,6 +220,7 @@ impl ProcessRuntime {
                     Ok(Some(status)) => {
                         children.remove(&pid);
                         drop(children);
+                        self.end_leftovers(pid);
                         return match self.oom_message(pid) {
                             Some(message) => Status::Exited { code: None, message },
                             None => Status::Exited { code: status.code(), message: describe_exit(status) },
@@ -237,6 +238,7 @@ impl ProcessRuntime {
             Ok(s) if s.start_ticks == start_ticks && s.state != 'Z' && s.state != 'X' => Status::Running,
             _ => {
                 reap(pid);
+                self.end_leftovers(pid);
                 let message = self.oom_message(pid).unwrap_or_else(|| {
                     "exited while an earlier agent was its parent: exit status unknown".into()
                 });
@@ -259,47 +261,92 @@ impl ProcessRuntime {
         reap(pid);
     }
 
+    /// The cgroup of the process group led by `pid`, when it has one.
+    fn group_of(&self, pid: i32) -> Option<Group> {
+        self.groups().get(&pid).map(|(g, _)| g.clone())
+    }
+
+    /// Stops everything of the workload led by `pid`: its process group
+    /// and, through its cgroup, whatever left the group (`setsid`, a double
+    /// fork). SIGTERM, the grace period, then SIGKILL; done once nothing of
+    /// it is left, so its GPU is only given back when nothing uses it.
     async fn stop_now(&self, pid: i32, start_ticks: u64, grace: Duration) -> Result<(), RuntimeError> {
+        let group = self.group_of(pid);
         // A live leader with another start time is a reused pid: not ours.
-        if let Ok(s) = read_stat(pid) {
-            if s.start_ticks != start_ticks && s.state != 'Z' {
-                return Ok(());
-            }
-        }
+        let leader_ours = match read_stat(pid) {
+            Ok(s) => s.start_ticks == start_ticks || s.state == 'Z',
+            Err(_) => false,
+        };
         let pgid = Pid::from_raw(pid);
-        match killpg(pgid, Signal::SIGTERM) {
-            Ok(()) => {}
-            Err(Errno::ESRCH) => {
-                self.reap_now(pid);
-                return Ok(());
-            }
-            Err(source) => return Err(RuntimeError::Signal { pgid: pid, source }),
+        let alive = |this: &Self| {
+            this.reap_now(pid);
+            (leader_ours && group_alive(pgid)) || group.as_ref().is_some_and(|g| !g.pids().is_empty())
+        };
+        if !leader_ours && group.is_none() {
+            return Ok(());
         }
+        self.signal_all(pid, leader_ours, group.as_ref(), Signal::SIGTERM)?;
         let deadline = Instant::now() + grace;
-        loop {
-            self.reap_now(pid);
-            if !group_alive(pgid) {
-                return Ok(());
-            }
+        while alive(self) {
             if Instant::now() >= deadline {
+                tracing::info!(pid, "workload still running after the grace period: SIGKILL");
+                self.signal_all(pid, leader_ours, group.as_ref(), Signal::SIGKILL)?;
+                let deadline = Instant::now() + KILL_WAIT;
+                while alive(self) {
+                    if Instant::now() >= deadline {
+                        return Err(RuntimeError::Signal { pgid: pid, source: Errno::EBUSY });
+                    }
+                    self.signal_all(pid, leader_ours, group.as_ref(), Signal::SIGKILL)?;
+                    tokio::time::sleep(POLL).await;
+                }
                 break;
             }
             tokio::time::sleep(POLL).await;
         }
-        tracing::info!(pid, "process group still running after the grace period: SIGKILL");
-        match killpg(pgid, Signal::SIGKILL) {
-            Ok(()) | Err(Errno::ESRCH) => {}
-            Err(source) => return Err(RuntimeError::Signal { pgid: pid, source }),
+        if let Some(g) = group {
+            g.remove();
+            self.groups().remove(&pid);
         }
-        let deadline = Instant::now() + KILL_WAIT;
-        while Instant::now() < deadline {
-            self.reap_now(pid);
-            if !group_alive(pgid) {
-                return Ok(());
+        Ok(())
+    }
+
+    /// Sends `sig` to the process group (when the leader is ours) and to
+    /// every process in the workload's cgroup.
+    fn signal_all(
+        &self,
+        pid: i32,
+        leader_ours: bool,
+        group: Option<&Group>,
+        sig: Signal,
+    ) -> Result<(), RuntimeError> {
+        if leader_ours {
+            match killpg(Pid::from_raw(pid), sig) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(source) => return Err(RuntimeError::Signal { pgid: pid, source }),
             }
-            tokio::time::sleep(POLL).await;
         }
-        Err(RuntimeError::Signal { pgid: pid, source: Errno::EBUSY })
+        if let Some(g) = group {
+            for member in g.pids() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(member), sig);
+            }
+        }
+        Ok(())
+    }
+
+    /// The leader of `pid`'s workload exited: whatever it left behind in its
+    /// cgroup is killed (the replica is over), then the group goes.
+    fn end_leftovers(&self, pid: i32) {
+        let Some(group) = self.group_of(pid) else { return };
+        for _ in 0..100 {
+            let left = group.pids();
+            if left.is_empty() {
+                break;
+            }
+            for member in left {
+                let _ = nix::sys::signal::kill(Pid::from_raw(member), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
