@@ -353,7 +353,13 @@ fn desired_changes_bump_the_nodes_stream_revision_but_reports_do_not() {
     report_all(&mut s, "n1", ActualState::Running);
     assert_eq!(s.nodes["n1"].alloc_revision, r1);
     apply(&mut s, &Command::StopWorkload { name: "w".into() });
-    assert!(s.nodes["n1"].alloc_revision > r1);
+    let r2 = s.nodes["n1"].alloc_revision;
+    assert!(r2 > r1);
+    // The agent confirms the stop: the allocation leaves the node's set
+    // (and, the workload done, the state), which the agent must hear.
+    report_all(&mut s, "n1", ActualState::Stopped);
+    assert!(s.workloads.is_empty() && s.allocs.is_empty());
+    assert!(s.nodes["n1"].alloc_revision > r2, "forgetting them moves the node's revision");
 }
 
 #[test]

@@ -202,8 +202,15 @@ pub(super) fn report(state: &mut State, node: &str, reports: &[AllocReport]) -> 
         if a.node != node || !r.differs_from(a) || a.actual == ActualState::Lost {
             continue;
         }
+        let was_terminal = a.actual.is_terminal();
         r.apply_to(a);
+        // Confirmed stopped: it leaves the node's desired set, and the agent
+        // must hear so to forget it (its record, logs, cgroups).
+        let left_set = a.desired == DesiredState::Stop && a.actual.is_terminal() && !was_terminal;
         changed.insert(a.workload.clone());
+        if left_set {
+            touch(state, node);
+        }
     }
     if changed.is_empty() {
         return CommandResponse::Unchanged;
@@ -240,7 +247,11 @@ fn forget_if_done(state: &mut State, name: &str) {
         && !state.allocs_of(name).any(Allocation::holds_resources);
     if done {
         state.workloads.remove(name);
+        let nodes: BTreeSet<String> = state.allocs_of(name).map(|a| a.node.clone()).collect();
         state.allocs.retain(|_, a| a.workload != name);
+        for node in nodes {
+            touch(state, &node);
+        }
     }
 }
 
