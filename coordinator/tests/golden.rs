@@ -111,7 +111,10 @@ fn state() -> State {
         revision: 42,
         ..State::default()
     };
-    s.write_keys.insert("k1".into(), KeyedWrite { seq: 0, response: CommandResponse::Applied });
+    s.write_keys.insert(
+        "k1".into(),
+        KeyedWrite { seq: 0, response: CommandResponse::Applied, fingerprint: 0x0123_4567_89ab_cdef },
+    );
     s.write_key_order.insert(0, "k1".into());
     s.next_write_key = 1;
     s

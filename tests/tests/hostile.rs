@@ -252,8 +252,8 @@ fn the_admin_api_refuses_malformed_and_hostile_requests() -> anyhow::Result<()> 
     assert_eq!(nodes[0].labels.get("k"), None);
 
     // The same idempotency key twice (a client retrying after a lost
-    // answer) writes once and answers the same both times, even with
-    // another body.
+    // answer) writes once and answers the same both times; the same key
+    // with another request is refused (409), not answered as done.
     let put = |key: &str, body: &Value| {
         admin_raw(
             &s,
@@ -263,16 +263,18 @@ fn the_admin_api_refuses_malformed_and_hostile_requests() -> anyhow::Result<()> 
         .unwrap()
     };
     let (a, _, first) = put("retry-1", &spec_json("keyed"));
-    let mut other = spec_json("keyed");
-    other["replicas"] = json!(3);
-    let (b, _, second) = put("retry-1", &other);
+    let (b, _, second) = put("retry-1", &spec_json("keyed"));
     assert_eq!((a, b), (200, 200), "{first} / {second}");
     let (first, second): (Value, Value) = (serde_json::from_str(&first)?, serde_json::from_str(&second)?);
     assert_eq!(first["changed"], json!(true));
-    assert_eq!(
-        (first["version"].clone(), first["changed"].clone()),
-        (second["version"].clone(), second["changed"].clone())
-    );
+    for f in ["workload", "version", "changed"] {
+        assert_eq!(first[f], second[f], "a retry gets the first answer, not 'unchanged': {first} / {second}");
+    }
+    let mut other = spec_json("keyed");
+    other["replicas"] = json!(3);
+    let (c, _, third) = put("retry-1", &other);
+    assert_eq!(c, 409, "{third}");
+    assert!(third.contains("different request"), "{third}");
     let w: Vec<WorkloadView> = workloads(&s)?;
     assert_eq!((w.len(), w[0].replicas), (1, 1), "the repeat changed nothing");
     Ok(())

@@ -409,6 +409,8 @@ fn unrepeat(response: CommandResponse) -> CommandResponse {
 fn rejection(reason: String) -> ApiFailure {
     let kind = if reason.contains("does not exist") || reason.contains("is not registered") {
         FailureKind::NotFound
+    } else if reason.starts_with("idempotency key") {
+        FailureKind::Conflict
     } else {
         FailureKind::Invalid
     };

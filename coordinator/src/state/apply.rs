@@ -25,7 +25,17 @@ pub fn apply(state: &mut State, command: &Command) -> CommandResponse {
 fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
     match command {
         Command::Keyed { key, command } => {
+            let fingerprint = fingerprint(command);
             if let Some(done) = state.write_keys.get(key) {
+                // 0: remembered before writes carried a fingerprint.
+                if done.fingerprint != 0 && done.fingerprint != fingerprint {
+                    return CommandResponse::Rejected {
+                        reason: format!(
+                            "idempotency key {key:?} was already used for a different request; a retry must \
+                             send the same request, a new request a new key"
+                        ),
+                    };
+                }
                 return CommandResponse::Repeat(Box::new(done.response.clone()));
             }
             if matches!(**command, Command::Keyed { .. }) {
@@ -34,7 +44,7 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
             let response = apply_command(state, command);
             // A refusal changed nothing and would be refused again: nothing to remember.
             if !matches!(response, CommandResponse::Rejected { .. }) {
-                remember_key(state, key, &response);
+                remember_key(state, key, &response, fingerprint);
             }
             response
         }
@@ -119,15 +129,22 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
 }
 
 /// Records a keyed write's answer; forgets the oldest beyond [`MAX_WRITE_KEYS`].
-fn remember_key(state: &mut State, key: &str, response: &CommandResponse) {
+fn remember_key(state: &mut State, key: &str, response: &CommandResponse, fingerprint: u64) {
     let seq = state.next_write_key;
     state.next_write_key += 1;
-    state.write_keys.insert(key.to_string(), KeyedWrite { seq, response: response.clone() });
+    state.write_keys.insert(key.to_string(), KeyedWrite { seq, response: response.clone(), fingerprint });
     state.write_key_order.insert(seq, key.to_string());
     while state.write_keys.len() > MAX_WRITE_KEYS {
         let Some((_, oldest)) = state.write_key_order.pop_first() else { break };
         state.write_keys.remove(&oldest);
     }
+}
+
+/// A stable 64-bit FNV-1a of a command's encoding (the same on every
+/// replica and every version that encodes it the same).
+fn fingerprint(command: &Command) -> u64 {
+    let bytes = gantry_common::schema::encode(command).unwrap_or_default();
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]
@@ -208,10 +225,15 @@ mod tests {
         let after = s.clone();
         assert_eq!(apply(&mut s, &label(&set)), CommandResponse::Repeat(Box::new(CommandResponse::Applied)));
         assert_eq!(s, after, "a repeat changes nothing");
-        // Even with other content: the key decides.
+        // The same key for another request is refused, and changes nothing.
         let other = BTreeMap::from([("rack".to_string(), "r9".to_string())]);
-        assert!(matches!(apply(&mut s, &label(&other)), CommandResponse::Repeat(_)));
+        let r = apply(&mut s, &label(&other));
+        assert!(
+            matches!(&r, CommandResponse::Rejected { reason } if reason.contains("different request")),
+            "{r:?}"
+        );
         assert_eq!(s.nodes["n1"].operator_labels["rack"], "r1");
+        assert_eq!(s, after);
         // A refused keyed write is not remembered.
         let bad = Command::Keyed {
             key: "k2".into(),

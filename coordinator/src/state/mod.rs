@@ -57,6 +57,10 @@ pub struct KeyedWrite {
     pub seq: u64,
     /// What it answered the first time.
     pub response: CommandResponse,
+    /// FNV-1a of the write's encoding: the same key with another request
+    /// is refused, not answered as if it had been done.
+    #[serde(default)]
+    pub fingerprint: u64,
 }
 
 impl State {
