@@ -12,11 +12,13 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use gantry_common::http_server;
 use gantry_common::model::GpuTelemetry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -27,7 +29,7 @@ use crate::sampler::{AgentStatus, StatusInner};
 pub async fn serve(
     listener: TcpListener,
     status: AgentStatus,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -36,11 +38,16 @@ pub async fn serve(
             (StatusCode::NOT_FOUND, "not found: this listener serves /metrics and /healthz only\n")
         })
         .with_state(status);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
+    // A scraper needs one connection; a few for several. The cap and the
+    // header timeout keep a flood of idle or half-sent connections from
+    // holding file descriptors and memory of the agent.
+    let limits = http_server::Limits {
+        name: "metrics listener",
+        connections: 64,
+        header_timeout: Duration::from_secs(10),
+        max_buf: 16 * 1024,
+    };
+    http_server::serve(listener, app, limits, shutdown).await
 }
 
 /// Why `metrics_listen` deserves a warning at start-up, if it does: an

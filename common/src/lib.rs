@@ -17,6 +17,7 @@
 //! - [`config`]: loading TOML config files with errors that name the field; what changed on reload.
 //! - [`logging`]: the daemons' tracing setup, with a log filter that SIGHUP can change.
 //! - [`systemd`]: sd_notify (READY, STATUS, STOPPING, RELOADING) and the watchdog ping.
+//! - `http_server` (feature `http-server`): the bounded HTTP accept loop of the daemons' listeners.
 //! - [`cli_docs`]: man pages and shell completions generated from a binary's clap `Command`.
 //! - [`exit`]: how the binaries end on an error (one `error: ...` line, status 1).
 //!
@@ -27,6 +28,8 @@ pub mod cli_docs;
 pub mod config;
 pub mod exit;
 pub mod gpu_spec;
+#[cfg(feature = "http-server")]
+pub mod http_server;
 pub mod identity;
 pub mod logging;
 pub mod model;

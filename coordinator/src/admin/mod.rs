@@ -44,6 +44,7 @@ use axum::{Json, Router};
 use gantry_common::api::{
     ApiFailure, ApiRequest, ApiResponse, FailureKind, IDEMPOTENCY_HEADER, STALE_HEADER,
 };
+use gantry_common::http_server;
 use gantry_common::wire::{LogsError, LogsRequest};
 use serde::Deserialize;
 use tokio::net::UnixListener;
@@ -53,7 +54,6 @@ use crate::metrics::Metrics;
 use crate::service::Service;
 
 pub mod body;
-pub mod server;
 
 use body::{Failure, StrictJson, StrictQuery};
 
@@ -99,7 +99,13 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = router(AdminState { service, metrics });
-    server::serve(listener, app, server::Limits::default(), shutdown).await
+    http_server::serve(
+        listener,
+        app,
+        http_server::Limits { name: "admin socket", ..http_server::Limits::default() },
+        shutdown,
+    )
+    .await
 }
 
 fn router(state: AdminState) -> Router {
