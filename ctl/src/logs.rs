@@ -77,16 +77,20 @@ pub fn logs_path(id: &str, follow: bool, tail: Option<u64>) -> String {
     path
 }
 
-/// Finds an allocation by its id, or by the leading parts of it that pick
-/// one: the workload name (`llm`) or the workload and replica (`llm.0`).
-/// Parts are whole: `llm` never picks an allocation of `llm2`. Live
-/// allocations win over stopped ones when several match.
+/// Finds an allocation by its id, or by the workload it belongs to: the
+/// workload name (`llm`) or the workload and replica (`llm.0`). Names are
+/// compared whole, against the allocation's own fields, so `llm` never picks
+/// an allocation of `llm2` or of `llm.v2`. Live allocations win over ended
+/// ones when several match.
 pub fn find_alloc<'a>(allocs: &'a [AllocView], query: &str) -> Result<&'a AllocView, String> {
     if let Some(a) = allocs.iter().find(|a| a.id == query) {
         return Ok(a);
     }
-    let prefix = format!("{query}.");
-    let matches: Vec<&AllocView> = allocs.iter().filter(|a| a.id.starts_with(&prefix)).collect();
+    let replica = query.rsplit_once('.').and_then(|(w, r)| Some((w, r.parse::<u32>().ok()?)));
+    let matches: Vec<&AllocView> = allocs
+        .iter()
+        .filter(|a| a.workload == query || replica.is_some_and(|(w, r)| a.workload == w && a.replica == r))
+        .collect();
     let live: Vec<&AllocView> = matches.iter().copied().filter(|a| !wait::is_terminal(&a.actual)).collect();
     match (matches.as_slice(), live.as_slice()) {
         ([], _) => Err(format!("no allocation {query:?}; `gantryctl allocs --all` lists them")),
@@ -147,6 +151,20 @@ mod tests {
         assert_eq!(find_alloc(&two, "infer").unwrap().id, "infer.0.1");
         assert_eq!(find_alloc(&two, "infer2").unwrap().id, "infer2.0.2");
         assert!(find_alloc(&two, "inf").is_err(), "a part of a name is not a name");
+        // Names may hold dots: `llm` is not `llm.v2`, and `llm.v2.0` is its replica 0.
+        let dotted = vec![
+            alloc("llm.v2.0.7", 1, "run", "running", "healthy"),
+            alloc("llm.0.3", 1, "run", "running", "healthy"),
+        ];
+        assert_eq!(find_alloc(&dotted, "llm").unwrap().id, "llm.0.3");
+        assert_eq!(find_alloc(&dotted, "llm.v2").unwrap().id, "llm.v2.0.7");
+        assert_eq!(find_alloc(&dotted, "llm.v2.0").unwrap().id, "llm.v2.0.7");
+        // A completed run is ended: the live one wins.
+        let ended = vec![
+            alloc("job.0.1", 1, "run", "completed", "unknown"),
+            alloc("job.0.2", 2, "run", "running", "unknown"),
+        ];
+        assert_eq!(find_alloc(&ended, "job").unwrap().id, "job.0.2");
     }
 
     #[test]

@@ -381,7 +381,7 @@ pub fn holding<'a>(allocs: &'a [AllocView], workload: &str) -> Vec<&'a AllocView
 
 /// Whether an allocation's actual state means it holds nothing any more.
 pub fn is_terminal(actual: &str) -> bool {
-    matches!(actual, "stopped" | "lost" | "failed")
+    matches!(actual, "stopped" | "lost" | "failed" | "completed")
 }
 
 /// Polls until no allocation of `workload` holds resources, or the workload
@@ -472,10 +472,14 @@ pub(crate) mod tests {
     use super::*;
 
     pub fn alloc(id: &str, version: u64, desired: &str, actual: &str, health: &str) -> AllocView {
-        let replica = id.split('.').nth(1).and_then(|r| r.parse().ok()).unwrap_or(0);
+        // `WORKLOAD.REPLICA.SERIAL`, where the workload's name may hold dots.
+        let mut parts = id.rsplitn(3, '.');
+        let _serial = parts.next();
+        let replica = parts.next().and_then(|r| r.parse().ok()).unwrap_or(0);
+        let workload = parts.next().unwrap_or(id);
         AllocView {
             id: id.into(),
-            workload: id.split('.').next().unwrap_or_default().into(),
+            workload: workload.into(),
             replica,
             version,
             node: "node-1".into(),
