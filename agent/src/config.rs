@@ -74,6 +74,11 @@ pub struct AgentConfig {
     /// Users a workload's spec may ask for with `user = "..."`; empty: none
     /// but `workload_user`.
     pub workload_users_allowed: Vec<String>,
+    /// User ids, `FIRST-LAST`, handed one per allocation to `process`
+    /// workloads whose spec names no user, so workloads cannot reach each
+    /// other's processes and files. Empty: all run as `workload_user`.
+    /// MPS shares always run as `workload_user`.
+    pub workload_uids: String,
     /// A `process` workload's stdout or stderr log is cut when it passes
     /// this many MiB (the older part is kept as `*.log.1`).
     pub log_max_mib: u64,
@@ -100,6 +105,7 @@ impl Default for AgentConfig {
             mps_control: PathBuf::from("nvidia-cuda-mps-control"),
             workload_user: "nobody".to_string(),
             workload_users_allowed: Vec::new(),
+            workload_uids: "200000-265535".to_string(),
             log_max_mib: 64,
             tls: TlsFiles {
                 ca: PathBuf::from("/etc/gantry/pki/ca.pem"),
@@ -171,6 +177,7 @@ impl AgentConfig {
                 return Err(invalid("workload_user", format!("{user:?} is not a user name")));
             }
         }
+        self.workload_uids()?;
         if self.log_max_mib == 0 || self.log_max_mib > 1 << 20 {
             return Err(invalid("log_max_mib", "must be 1-1048576"));
         }
@@ -180,6 +187,14 @@ impl AgentConfig {
     /// `gpu_sharing` by GPU index.
     pub fn gpu_sharing_by_index(&self) -> Result<BTreeMap<u32, GpuSharing>, ConfigError> {
         crate::gpu::sharing::parse_table(&self.gpu_sharing).map_err(|r| invalid("gpu_sharing", r))
+    }
+
+    /// `workload_uids`, `None` when empty.
+    pub fn workload_uids(&self) -> Result<Option<crate::runtime::uids::UidRange>, ConfigError> {
+        if self.workload_uids.is_empty() {
+            return Ok(None);
+        }
+        self.workload_uids.parse().map(Some).map_err(|r| invalid("workload_uids", r))
     }
 
     pub fn port_range(&self) -> Result<PortRange, ConfigError> {

@@ -140,6 +140,7 @@ pub async fn run(
     let process = ProcessRuntime::new(ProcessSettings {
         user: config.workload_user.clone(),
         users_allowed: config.workload_users_allowed.clone(),
+        uids: config.workload_uids()?,
         cgroups,
         log_max_bytes: config.log_max_mib << 20,
     });

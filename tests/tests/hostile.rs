@@ -504,8 +504,8 @@ fn workloads_are_confined_and_files_are_private() -> anyhow::Result<()> {
     let agent = c.agents()[0].clone();
     let key = c.pki().join("agent-node-1.key");
     let spy = format!(
-        "name = \"spy\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"id -u; grep -E 'NoNewPrivs|CapEff' /proc/self/status; \
-         env; cat {} 2>&1; echo DB_PASSWORD=hunter2; sleep 600\"]\n[env]\nDB_PASSWORD = \"hunter2\"\n",
+        "name = \"spy\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"id -u; echo PID=$$; grep -E 'NoNewPrivs|CapEff' /proc/self/status; \
+         env; cat {} 2>&1; echo DB_PASSWORD=hunter2; echo hunter2 > mine.txt; sleep 600\"]\n[env]\nDB_PASSWORD = \"hunter2\"\n",
         key.display()
     );
     run(&s, &spy, false)?;
@@ -515,7 +515,30 @@ fn workloads_are_confined_and_files_are_private() -> anyhow::Result<()> {
         let (rc, out, _) = gantryctl(&s, &["logs", &a.id]);
         (rc == 0 && out.contains("hunter2")).then_some(out)
     })?;
-    assert!(logs.starts_with("65534\n"), "runs as nobody: {logs}");
+    let uid: u32 = logs.lines().next().unwrap_or_default().parse()?;
+    assert!((200_000..=265_535).contains(&uid), "runs as a uid of its own: {logs}");
+    let pid = logs.lines().find_map(|l| l.strip_prefix("PID=")).unwrap_or_default().to_string();
+    // Another workload on the same node runs as another uid and reaches
+    // neither the first one's environment nor its files.
+    let theirs = c.info.dir.join(format!("node-1/data/allocs/{}/work/mine.txt", a.id));
+    wait_for(LONG, || theirs.exists().then_some(()))?;
+    let peer = format!(
+        "name = \"peer\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"id -u; cat /proc/{pid}/environ {} 2>&1; kill -0 {pid} 2>&1; echo done; sleep 600\"]\n",
+        theirs.display()
+    );
+    run(&s, &peer, false)?;
+    let p: AllocView =
+        wait_for(LONG, || allocs(&s, Some("peer")).ok()?.into_iter().find(|a| a.actual == "running"))?;
+    let peer_logs = wait_for(LONG, || {
+        let (rc, out, _) = gantryctl(&s, &["logs", &p.id]);
+        (rc == 0 && out.contains("done")).then_some(out)
+    })?;
+    let peer_uid: u32 = peer_logs.lines().next().unwrap_or_default().parse()?;
+    assert_ne!(peer_uid, uid, "{peer_logs}");
+    assert!(!peer_logs.contains("hunter2"), "{peer_logs}");
+    assert_eq!(peer_logs.matches("Permission denied").count(), 2, "{peer_logs}");
+    assert!(peer_logs.contains("Operation not permitted"), "cannot signal it: {peer_logs}");
+    gantryctl(&s, &["stop", "peer"]);
     assert!(logs.contains("NoNewPrivs:\t1") && logs.contains("CapEff:\t0000000000000000"), "{logs}");
     assert!(
         !logs.contains("BEGIN") && logs.contains("Permission denied"),

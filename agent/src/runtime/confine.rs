@@ -1,9 +1,11 @@
 //! What a `process` workload may do: it runs as an unprivileged user, with
 //! no capabilities, `no_new_privs`, a clean environment and its own cgroups.
 //!
-//! - User: the agent's `workload_user` (default `nobody`), or the spec's
-//!   `user` when the agent lists it in `workload_users_allowed`; anything
-//!   else is refused before the start, with the reason.
+//! - User: a uid of the allocation's own from `workload_uids`
+//!   ([`super::uids`]), or the agent's `workload_user` (default `nobody`)
+//!   for MPS shares and when no range is set, or the spec's `user` when the
+//!   agent lists it in `workload_users_allowed`; anything else is refused
+//!   before the start, with the reason.
 //! - Environment: only what the spec sets, the agent's `GANTRY_*`, `CUDA_*`
 //!   and `NVIDIA_*` variables for it, `PATH`, and `HOME`/`USER`/`LOGNAME`
 //!   for the user — nothing of the agent's own environment.
@@ -11,7 +13,8 @@
 //!   the cgroups, enter the working directory (owned by the user), drop every
 //!   capability from the bounding set (so not even a root workload keeps or
 //!   regains one across `exec`), clear ambient capabilities, switch group
-//!   and user, and set `no_new_privs` (setuid binaries cannot raise it).
+//!   and user, set `no_new_privs` (setuid binaries cannot raise it), and
+//!   mark every descriptor above stderr close-on-exec.
 //!
 //! This is the one place in the agent where a `fork`ed child runs code of
 //! ours: it makes raw system calls only (no allocation, no locks), on data
@@ -163,8 +166,40 @@ impl Confinement {
             check(libc::setgid(self.gid))?;
             check(libc::setuid(self.uid))?;
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            close_inherited_on_exec();
         }
         Ok(())
+    }
+}
+
+/// Marks every descriptor above stderr close-on-exec, so nothing the agent
+/// (or a library in it) opened without `O_CLOEXEC` reaches the workload.
+/// `close_range` (Linux 5.11) in one call; on older kernels, `fcntl` up to
+/// the descriptor limit.
+///
+/// # Safety
+/// Only async-signal-safe system calls; meant for the child between fork and exec.
+unsafe fn close_inherited_on_exec() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: system calls on integers.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC)
+            == 0
+        {
+            return;
+        }
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur.min(1 << 20) as libc::c_int
+        } else {
+            1024
+        };
+        for fd in 3..top {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
     }
 }
 
@@ -232,6 +267,38 @@ mod tests {
         assert_eq!(env["NVIDIA_DRIVER_CAPABILITIES"], "all");
         assert_eq!(env["MODEL"], "tiny");
         assert!(!env.contains_key("AWS_SECRET_ACCESS_KEY") && !env.contains_key("NOTIFY_SOCKET"));
+    }
+
+    #[test]
+    fn descriptors_the_agent_leaked_do_not_reach_the_workload() {
+        // SAFETY: plain system calls.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: switching users needs root");
+            return;
+        }
+        // A descriptor opened without O_CLOEXEC, as a careless library would.
+        // SAFETY: a valid NUL-terminated path.
+        // Numbered high, clear of what `ls` itself opens.
+        let leaked = unsafe {
+            let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            let high = libc::fcntl(fd, libc::F_DUPFD, 200);
+            libc::close(fd);
+            high
+        };
+        assert!(leaked >= 200);
+        let dir = tempfile::tempdir().unwrap();
+        let me = RunAs { name: "root".into(), uid: 0, gid: 0 };
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args(["-c", "ls /proc/self/fd"]);
+        Confinement::new(&me, dir.path(), Vec::new()).unwrap().apply(&mut cmd);
+        let out = cmd.output().unwrap();
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(leaked) };
+        assert!(out.status.success(), "{out:?}");
+        let fds: Vec<i32> =
+            String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        assert!(!fds.contains(&leaked), "fd {leaked} reached the workload: {fds:?}");
+        assert!(fds.contains(&0) && fds.contains(&1) && fds.contains(&2), "{fds:?}");
     }
 
     #[test]

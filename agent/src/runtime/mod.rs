@@ -30,6 +30,7 @@ pub mod confine;
 pub mod docker;
 pub mod env;
 pub mod process;
+pub mod uids;
 
 /// Everything a runtime needs to start one allocation.
 #[derive(Clone, Debug)]

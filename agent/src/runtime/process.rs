@@ -39,6 +39,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::cgroup::{self, Group, Layout};
 use super::confine;
+use super::uids::{UidPool, UidRange};
 use super::{Handle, Launch, LogRequest, LogStream, Runtime, RuntimeError, Status};
 
 /// The working directory's name in the allocation's directory.
@@ -59,6 +60,10 @@ pub struct ProcessSettings {
     pub user: String,
     /// Users a spec may ask for.
     pub users_allowed: Vec<String>,
+    /// When set, a workload whose spec names no user runs as a uid of its
+    /// own from this range (an MPS share runs as `user`: one GPU's MPS
+    /// server serves clients of one user only).
+    pub uids: Option<UidRange>,
     pub cgroups: Layout,
     /// Log files are cut when they pass this size (the older half goes to `*.log.1`).
     pub log_max_bytes: u64,
@@ -69,6 +74,7 @@ impl Default for ProcessSettings {
         ProcessSettings {
             user: "nobody".into(),
             users_allowed: Vec::new(),
+            uids: None,
             cgroups: Layout::None { why: "not set up".into() },
             log_max_bytes: 64 * 1024 * 1024,
         }
@@ -82,6 +88,8 @@ pub struct ProcessRuntime {
     children: Arc<Mutex<BTreeMap<i32, Child>>>,
     /// Cgroups by leader pid, with the OOM kills counted when it started.
     groups: Arc<Mutex<BTreeMap<i32, (Group, u64)>>>,
+    /// Uids held by allocations; read from disk at the first start.
+    uids: Arc<Mutex<Option<UidPool>>>,
 }
 
 impl Default for ProcessRuntime {
@@ -92,7 +100,12 @@ impl Default for ProcessRuntime {
 
 impl ProcessRuntime {
     pub fn new(settings: ProcessSettings) -> ProcessRuntime {
-        ProcessRuntime { settings, children: Default::default(), groups: Default::default() }
+        ProcessRuntime {
+            settings,
+            children: Default::default(),
+            groups: Default::default(),
+            uids: Default::default(),
+        }
     }
 
     pub fn settings(&self) -> &ProcessSettings {
@@ -115,11 +128,33 @@ impl ProcessRuntime {
         }
     }
 
-    /// Removes an allocation's cgroups once it is forgotten.
+    /// Removes an allocation's cgroups once it is forgotten, and frees its uid
+    /// (the caller removes its directory).
     pub fn release(&self, alloc_id: &str) {
         if let Some(group) = self.settings.cgroups.find(alloc_id) {
             group.remove();
         }
+        if let Some(pool) = self.uids.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            pool.release(alloc_id);
+        }
+    }
+
+    /// Who `launch` runs as: the spec's user when allowed; else its own uid
+    /// from the range when one is set and it is not an MPS share; else the
+    /// agent's workload user.
+    fn run_as(&self, launch: &Launch) -> Result<confine::RunAs, RuntimeError> {
+        let mps = launch.mps_pipe_dir.is_some() || launch.env.contains_key("CUDA_MPS_PIPE_DIRECTORY");
+        if let (None, Some(range), false) = (&launch.spec.user, &self.settings.uids, mps) {
+            let mut pool = self.uids.lock().unwrap_or_else(|p| p.into_inner());
+            let pool = pool.get_or_insert_with(|| {
+                launch.alloc_dir.parent().map(|d| UidPool::scan(d, range)).unwrap_or_default()
+            });
+            let uid = pool.take(&launch.alloc_id, range).map_err(|e| RuntimeError::Confine(e.to_string()))?;
+            return Ok(confine::RunAs { name: format!("gantry-{uid}"), uid, gid: uid });
+        }
+        confine::choose_user(launch.spec.user.as_deref(), &self.settings.user, &self.settings.users_allowed)
+            .and_then(|name| confine::resolve_user(&name))
+            .map_err(|e| RuntimeError::Confine(e.to_string()))
     }
 
     /// How a process of `pid` ended, when its memory limit ended it.
@@ -142,13 +177,7 @@ impl ProcessRuntime {
             let path = path.to_path_buf();
             move |source| RuntimeError::Io { path, source }
         };
-        let user = confine::choose_user(
-            launch.spec.user.as_deref(),
-            &self.settings.user,
-            &self.settings.users_allowed,
-        )
-        .and_then(|name| confine::resolve_user(&name))
-        .map_err(|e| RuntimeError::Confine(e.to_string()))?;
+        let user = self.run_as(launch)?;
         let dir = &launch.alloc_dir;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         // Others may pass through (to the working directory), not list.
@@ -416,21 +445,34 @@ pub fn rotate_if_large(path: &Path, max: u64) {
     }
 }
 
-/// Cuts a log that is being written: copies its newest half to `PATH.1`'s
-/// place and truncates it in place, so the writer's descriptor (opened with
-/// `O_APPEND`) keeps working. Returns whether it cut.
+/// Cuts a log that is being written: copies its newest `max` bytes to
+/// `PATH.1` (replacing the older one) and truncates it in place, so the
+/// writer's descriptor (opened with `O_APPEND`) keeps working and neither
+/// file holds more than `max`. Whatever the workload writes between the copy
+/// and the truncation is lost (a few milliseconds of output at most). The
+/// size is judged by the larger of the length and the allocated blocks, and
+/// only the tail is read, so a log that grew by gigabytes between two checks
+/// costs one `max`-sized copy. Returns whether it cut.
 pub fn rotate_running(path: &Path, max: u64) -> std::io::Result<bool> {
-    let len = match std::fs::metadata(path) {
-        Ok(m) => m.len(),
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    if max == 0 || len <= max {
+    let len = meta.len();
+    let used = len.max(meta.blocks().saturating_mul(512));
+    if max == 0 || used <= max {
         return Ok(false);
     }
     let mut old = path.as_os_str().to_owned();
     old.push(".1");
-    std::fs::copy(path, &old)?;
+    let mut src = std::fs::File::open(path)?;
+    src.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut dst =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&old)?;
+    std::io::copy(&mut src.by_ref().take(max), &mut dst)?;
     std::fs::OpenOptions::new().write(true).open(path)?.set_len(0)?;
     Ok(true)
 }
@@ -594,7 +636,10 @@ mod tests {
         writer.write_all(&[b'b'; 3000]).unwrap();
         assert!(rotate_running(&log, 4096).unwrap());
         assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
-        assert_eq!(std::fs::metadata(dir.path().join("stdout.log.1")).unwrap().len(), 6000);
+        let kept = std::fs::read(dir.path().join("stdout.log.1")).unwrap();
+        assert_eq!(kept.len(), 4096, "only the newest `max` bytes are kept");
+        assert_eq!(&kept[kept.len() - 3000..], &[b'b'; 3000][..]);
+        assert_eq!(kept[0], b'a');
         writer.write_all(b"after\n").unwrap();
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "after\n", "O_APPEND writes land at the new end");
         // At a (re)start a large log is moved aside whole.

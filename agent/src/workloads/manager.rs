@@ -45,7 +45,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait for one runtime status answer in a tick.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often running process workloads' log sizes are checked.
-const LOG_CHECK: Duration = Duration::from_secs(10);
+const LOG_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
@@ -168,6 +168,8 @@ pub struct Manager {
     probing: BTreeSet<String>,
     logs: Logs,
     next_log_check_ms: u64,
+    /// The log check under way on a blocking thread, if any.
+    log_check: Option<tokio::task::JoinHandle<()>>,
     /// A coordinator's desired set has arrived since the agent started.
     following: bool,
 }
@@ -202,6 +204,7 @@ impl Manager {
             probing: BTreeSet::new(),
             logs,
             next_log_check_ms: 0,
+            log_check: None,
             following: false,
             current: None,
             current_index: None,
@@ -406,26 +409,40 @@ impl Manager {
     }
 
     /// Cuts the logs of running process workloads that grew past the limit
-    /// (checked every [`LOG_CHECK`]).
+    /// (checked every [`LOG_CHECK`], on a blocking thread so a slow disk
+    /// never holds up the loop; one check at a time).
     fn rotate_logs(&mut self, now: u64) {
-        if now < self.next_log_check_ms {
+        if now < self.next_log_check_ms || self.log_check.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
         self.next_log_check_ms = now + LOG_CHECK.as_millis() as u64;
         let max = self.runtimes.process.settings().log_max_bytes;
-        for (id, r) in &self.state.records {
-            if r.runtime != "process" || !matches!(r.phase, Phase::Running { .. }) {
-                continue;
-            }
-            let dir = self.cfg.data_dir.join("allocs").join(id);
-            for name in [crate::runtime::process::STDOUT_LOG, crate::runtime::process::STDERR_LOG] {
-                match crate::runtime::process::rotate_running(&dir.join(name), max) {
-                    Ok(true) => debug!(alloc = %id, log = name, "log rotated"),
-                    Ok(false) => {}
-                    Err(e) => warn!(alloc = %id, log = name, "rotating the log: {e}"),
+        if max == 0 {
+            return;
+        }
+        let allocs = self.cfg.data_dir.join("allocs");
+        let running: Vec<String> = self
+            .state
+            .records
+            .iter()
+            .filter(|(_, r)| r.runtime == "process" && matches!(r.phase, Phase::Running { .. }))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        self.log_check = Some(tokio::task::spawn_blocking(move || {
+            for id in running {
+                let dir = allocs.join(&id);
+                for name in [crate::runtime::process::STDOUT_LOG, crate::runtime::process::STDERR_LOG] {
+                    match crate::runtime::process::rotate_running(&dir.join(name), max) {
+                        Ok(true) => debug!(alloc = %id, log = name, "log rotated"),
+                        Ok(false) => {}
+                        Err(e) => warn!(alloc = %id, log = name, "rotating the log: {e}"),
+                    }
                 }
             }
-        }
+        }));
     }
 
     /// Asks the runtime about every running allocation.

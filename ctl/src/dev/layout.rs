@@ -97,6 +97,7 @@ pub fn prepare(
             advertise_address: "127.0.0.1".to_string(),
             docker_socket: docker_socket.to_string(),
             workload_user: workload_user(),
+            workload_uids: workload_uids(),
             tls: files,
         };
         private(&home, 0o711)?;
@@ -141,12 +142,23 @@ struct AgentFile {
     advertise_address: String,
     docker_socket: String,
     workload_user: String,
+    workload_uids: String,
     tls: TlsFiles,
 }
 
 /// Who the dev agents run workloads as: `nobody` when gantryctl runs as
 /// root (as an agent does in production), else the user running it (an
 /// unprivileged agent cannot switch users).
+/// Per-allocation uids need root (to switch to them); without it every
+/// workload runs as the user running the dev cluster.
+fn workload_uids() -> String {
+    if nix::unistd::geteuid().is_root() {
+        "200000-265535".into()
+    } else {
+        String::new()
+    }
+}
+
 fn workload_user() -> String {
     let uid = nix::unistd::geteuid();
     if uid.is_root() {
