@@ -5,7 +5,8 @@
 //! costs a bounded amount of memory and goes away by itself.
 //!
 //! A connection over the limit is answered `503` with a JSON error naming
-//! the listener, and closed at once, without reading its request.
+//! the listener; its request is read and dropped (at most 64 KiB, for at
+//! most a second) so the client sees the answer rather than a reset.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
@@ -108,10 +109,22 @@ pub async fn serve<L: Listener>(
                 warn!(limit = limits.connections, refused, "{}: too many connections, refusing", limits.name);
             }
             tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), stream.write_all(&over_limit(limits.name)))
-                        .await;
-                let _ = stream.shutdown().await;
+                let refuse = async {
+                    stream.write_all(&over_limit(limits.name)).await?;
+                    stream.shutdown().await?;
+                    // Closing with the request unread would reset the
+                    // connection, and the client would lose the answer.
+                    let mut sink = [0u8; 4096];
+                    let mut read = 0;
+                    while read < 64 * 1024 {
+                        match stream.read(&mut sink).await? {
+                            0 => break,
+                            n => read += n,
+                        }
+                    }
+                    Ok::<_, std::io::Error>(())
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
             });
             continue;
         };
@@ -178,7 +191,6 @@ mod tests {
         let refused = answer(&mut third).await;
         assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
         assert!(refused.contains("too many connections to the test listener"), "{refused}");
-
         // The header timeout closes both idle connections, which frees the permits.
         for s in &mut idle {
             let mut buf = Vec::new();
@@ -189,6 +201,27 @@ mod tests {
         next.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
         let served = answer(&mut next).await;
         assert!(served.starts_with("HTTP/1.1 200") && served.ends_with("ok"), "{served}");
+    }
+
+    /// A client that sends its request after the refusal went out (as
+    /// gantryctl on the admin socket does) still reads the refusal: on a
+    /// Unix socket closed by the other side its write would fail first.
+    #[tokio::test]
+    async fn a_refused_client_reads_the_refusal_even_when_it_writes_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let limits = Limits { name: "admin socket", connections: 0, ..Limits::default() };
+        tokio::spawn(serve(listener, Router::new().route("/", get(|| async { "ok" })), limits, stop_rx));
+        let mut late = tokio::net::UnixStream::connect(&path).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let request = format!("GET / HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n", "a".repeat(6000));
+        late.write_all(request.as_bytes()).await.expect("the request can still be written");
+        let mut out = String::new();
+        late.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        assert!(out.contains("too many connections to the admin socket"), "{out}");
     }
 
     #[tokio::test]

@@ -49,6 +49,15 @@ pub fn member_rows(s: &ClusterStatus) -> Vec<Vec<String>> {
 
 /// Why the cluster cannot take writes, when it cannot: no leader, or fewer
 /// voters reachable than a majority.
+/// `node-2: not scheduled: …`, one line per node with a problem, escaped.
+pub fn problem_lines(nodes: &[NodeView]) -> String {
+    nodes
+        .iter()
+        .filter_map(|n| Some(crate::table::clean(&format!("{}: {}", n.name, n.problem.as_deref()?))))
+        .map(|line| line + "\n")
+        .collect()
+}
+
 pub fn quorum_problem(s: &ClusterStatus) -> Option<String> {
     let voters: Vec<_> = s.members.iter().filter(|m| m.role != MemberRole::Learner).collect();
     let reachable = voters.iter().filter(|m| m.reachable).count();
@@ -91,12 +100,7 @@ pub async fn nodes(client: &AdminClient, json: bool) -> anyhow::Result<()> {
             &node_rows(&nodes)
         )
     );
-    for n in nodes.iter().filter(|n| n.problem.is_some()) {
-        out!(
-            "{}",
-            crate::table::clean(&format!("{}: {}\n", n.name, n.problem.as_deref().unwrap_or_default()))
-        );
-    }
+    out!("{}", problem_lines(&nodes));
     Ok(())
 }
 
@@ -255,7 +259,8 @@ mod tests {
         assert_eq!(rows[1][1], "ready,drained");
         let mut bad = node(false);
         bad.problem = Some("not scheduled: GPU 0 (L40S) is in MIG mode".into());
-        assert_eq!(node_rows(&[bad])[0][1], "ready,problem");
+        assert_eq!(node_rows(std::slice::from_ref(&bad))[0][1], "ready,problem");
+        assert_eq!(problem_lines(&[bad]), "node-1: not scheduled: GPU 0 (L40S) is in MIG mode\n");
     }
 
     fn status(leader: Option<u64>, reachable: [bool; 3]) -> ClusterStatus {

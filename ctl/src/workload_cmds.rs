@@ -95,7 +95,13 @@ pub fn rollout_report(done: &RolloutDone, has_health_check: bool) -> String {
         })
         .collect();
     let mut out = render(&["ID", "NODE", "GPU", "ENDPOINT"], &rows);
-    let ready = if has_health_check { "healthy" } else { "running (no health check)" };
+    let ready = if !done.allocs.is_empty() && done.allocs.iter().all(|a| a.actual == "completed") {
+        "completed"
+    } else if has_health_check {
+        "healthy"
+    } else {
+        "running (no health check)"
+    };
     out.push_str(&format!(
         "{} v{}: {} replicas placed after {:.1}s, {ready} after {:.1}s\n",
         done.workload,
@@ -349,5 +355,9 @@ mod tests {
         let text = rollout_report(&done, true);
         assert!(text.contains("llm.0.1  node-1  GPU 0  127.0.0.1:31000"), "{text}");
         assert!(text.ends_with("llm v2: 1 replicas placed after 0.4s, healthy after 2.3s\n"), "{text}");
+        // A job whose replicas all finished says so, not "running".
+        let job = RolloutDone { allocs: vec![alloc("llm.0.1", 2, "run", "completed", "unknown")], ..done };
+        let text = rollout_report(&job, false);
+        assert!(text.ends_with("completed after 2.3s\n"), "{text}");
     }
 }

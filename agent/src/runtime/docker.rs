@@ -305,6 +305,10 @@ pub fn container_body(launch: &Launch, image: &str, gpu: DockerGpu) -> Container
             .then(|| i64::try_from(spec.cpu_milli * 1_000_000).unwrap_or(i64::MAX)),
         memory: (spec.memory_mib > 0)
             .then(|| i64::try_from(spec.memory_mib * 1024 * 1024).unwrap_or(i64::MAX)),
+        // Memory plus swap equal to memory: no swap beyond the limit (Docker's
+        // default would allow as much swap again).
+        memory_swap: (spec.memory_mib > 0)
+            .then(|| i64::try_from(spec.memory_mib * 1024 * 1024).unwrap_or(i64::MAX)),
         device_requests,
         binds,
         ipc_mode,
@@ -372,6 +376,7 @@ mod tests {
         let h = b.host_config.unwrap();
         assert_eq!(h.nano_cpus, Some(500_000_000));
         assert_eq!(h.memory, Some(256 * 1024 * 1024));
+        assert_eq!(h.memory_swap, h.memory, "no swap beyond the memory limit");
         let binding = &h.port_bindings.unwrap()["8080/tcp"];
         assert_eq!(binding.as_ref().unwrap()[0].host_port.as_deref(), Some("20001"));
         assert_eq!(h.device_requests, None, "no GPU, no device request");

@@ -206,11 +206,13 @@ impl WorkloadSpec {
         if self.env.len() > MAX_ENV {
             return Err(err("env", format!("at most {MAX_ENV} variables")));
         }
-        let bytes: usize = self.args.iter().map(String::len).sum::<usize>()
-            + self.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+        let args_bytes: usize = self.args.iter().map(String::len).sum();
+        let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        let bytes = args_bytes + env_bytes;
         if bytes > MAX_ARGS_ENV_BYTES {
             return Err(err(
-                "env",
+                // Blame the larger of the two.
+                if args_bytes > env_bytes { "args" } else { "env" },
                 format!(
                     "args and env hold {bytes} bytes together; at most {MAX_ARGS_ENV_BYTES} (pass large \
                      settings as a file the workload reads)"

@@ -403,6 +403,20 @@ max_backoff_s = 30
 "#;
 
     #[test]
+    fn too_many_bytes_of_args_and_env_blame_the_larger() {
+        // 34 values of 4,000 bytes: each within its own limit, too many together.
+        let v = "x".repeat(4000);
+        let list: Vec<String> = (0..34).map(|_| format!("\"{v}\"")).collect();
+        let args = format!("name = \"w\"\ncommand = \"/bin/true\"\nargs = [{}]\n", list.join(", "));
+        let e = parse_workload_toml(&args).unwrap_err().to_string();
+        assert!(e.starts_with("args: args and env hold"), "{e}");
+        let vars: String = (0..34).map(|i| format!("V{i} = \"{v}\"\n")).collect();
+        let env = format!("name = \"w\"\ncommand = \"/bin/true\"\nargs = [\"a\"]\n[env]\n{vars}");
+        let e = parse_workload_toml(&env).unwrap_err().to_string();
+        assert!(e.starts_with("env: args and env hold"), "{e}");
+    }
+
+    #[test]
     fn a_full_file_parses() {
         let s = parse_workload_toml(FULL).unwrap();
         assert_eq!(s.name, "llm");
