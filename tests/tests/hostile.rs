@@ -148,7 +148,7 @@ fn the_admin_api_refuses_malformed_and_hostile_requests() -> anyhow::Result<()> 
             "args and env over 128 KiB together",
             with(&|v| v["args"] = json!((0..40).map(|_| big.clone()).collect::<Vec<_>>())),
             400,
-            "env",
+            "args",
             "131072",
         ),
         (
