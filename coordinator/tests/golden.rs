@@ -180,7 +180,10 @@ fn command_responses_keep_their_bytes() {
     let responses = [
         ("response_applied", CommandResponse::Applied),
         ("response_unchanged", CommandResponse::Unchanged),
-        ("response_rejected", CommandResponse::Rejected { reason: "node \"x\" is not registered".into() }),
+        // As written before refusals had kinds: `Invalid` is left out of the bytes.
+        ("response_rejected", CommandResponse::invalid("node \"x\" is not registered")),
+        ("response_rejected_not_found", CommandResponse::not_found("node \"x\" is not registered")),
+        ("response_rejected_conflict", CommandResponse::conflict("idempotency key \"k\" was already used")),
         ("response_workload", CommandResponse::Workload { version: 3, changed: true }),
         (
             "response_plan",

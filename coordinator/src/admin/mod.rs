@@ -402,4 +402,13 @@ mod tests {
             assert_eq!(status_of(kind).as_u16(), code, "{kind:?}");
         }
     }
+
+    #[test]
+    fn each_kind_of_refusal_has_its_status() {
+        use crate::state::RejectKind;
+        let table = [(RejectKind::Invalid, 400), (RejectKind::NotFound, 404), (RejectKind::Conflict, 409)];
+        for (kind, code) in table {
+            assert_eq!(status_of(crate::service::api::failure_kind(kind)).as_u16(), code, "{kind:?}");
+        }
+    }
 }

@@ -369,7 +369,7 @@ fn an_invalid_spec_changes_nothing() {
     bad.replicas = 0;
     let before = s.clone();
     let r = apply(&mut s, &Command::SubmitWorkload { spec: bad });
-    assert!(matches!(r, CommandResponse::Rejected { reason } if reason.contains("replicas")));
+    assert!(matches!(r, CommandResponse::Rejected { reason, .. } if reason.contains("replicas")));
     assert_eq!(s.workloads, before.workloads);
 }
 

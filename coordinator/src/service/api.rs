@@ -21,7 +21,7 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 
 use super::{Service, WriteError};
 use crate::peer::messages::{PeerRequest, PeerResponse};
-use crate::state::{Command, CommandResponse};
+use crate::state::{Command, CommandResponse, RejectKind};
 
 /// How long a write is retried (leader elections, failed forwards) before
 /// its outcome is reported unknown.
@@ -239,7 +239,7 @@ impl Service {
         match committed {
             Ok(r) => Attempt::Done(Ok(r)),
             Err(WriteError::NotLeader { .. }) => Attempt::NotLeader,
-            Err(WriteError::Rejected(reason)) => Attempt::Done(Err(rejection(reason))),
+            Err(WriteError::Rejected { kind, reason }) => Attempt::Done(Err(rejection(kind, reason))),
             // openraft gave up on the entry (e.g. it stepped down before it
             // committed): it may still commit under the next leader.
             Err(WriteError::Raft(e)) => Attempt::Lost(e),
@@ -405,16 +405,19 @@ fn unrepeat(response: CommandResponse) -> CommandResponse {
     }
 }
 
-/// A refusal from `apply`, by what it says.
-fn rejection(reason: String) -> ApiFailure {
-    let kind = if reason.contains("does not exist") || reason.contains("is not registered") {
-        FailureKind::NotFound
-    } else if reason.starts_with("idempotency key") {
-        FailureKind::Conflict
-    } else {
-        FailureKind::Invalid
-    };
-    ApiFailure::new(kind, reason)
+/// A refusal from `apply`, by the kind `apply` gave it.
+fn rejection(kind: RejectKind, reason: String) -> ApiFailure {
+    ApiFailure::new(failure_kind(kind), reason)
+}
+
+/// The API failure each kind of refusal is (the admin socket then maps
+/// it to an HTTP status, `admin::status_of`).
+pub fn failure_kind(kind: RejectKind) -> FailureKind {
+    match kind {
+        RejectKind::Invalid => FailureKind::Invalid,
+        RejectKind::NotFound => FailureKind::NotFound,
+        RejectKind::Conflict => FailureKind::Conflict,
+    }
 }
 
 /// A fresh idempotency key (128 random bits, hex).

@@ -42,8 +42,8 @@ const MAX_REPORTS: usize = 10_000;
 pub enum WriteError {
     #[error("this coordinator is not the leader")]
     NotLeader { leader: Option<LeaderHint> },
-    #[error("rejected: {0}")]
-    Rejected(String),
+    #[error("rejected: {reason}")]
+    Rejected { kind: crate::state::RejectKind, reason: String },
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -207,7 +207,7 @@ impl Service {
         };
         match written {
             Ok(resp) => match resp.data {
-                CommandResponse::Rejected { reason } => Err(WriteError::Rejected(reason)),
+                CommandResponse::Rejected { reason, kind } => Err(WriteError::Rejected { kind, reason }),
                 data => Ok((resp.log_id.index, data)),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader {

@@ -29,17 +29,15 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
             if let Some(done) = state.write_keys.get(key) {
                 // 0: remembered before writes carried a fingerprint.
                 if done.fingerprint != 0 && done.fingerprint != fingerprint {
-                    return CommandResponse::Rejected {
-                        reason: format!(
-                            "idempotency key {key:?} was already used for a different request; a retry must \
-                             send the same request, a new request a new key"
-                        ),
-                    };
+                    return CommandResponse::conflict(format!(
+                        "idempotency key {key:?} was already used for a different request; a retry must \
+                         send the same request, a new request a new key"
+                    ));
                 }
                 return CommandResponse::Repeat(Box::new(done.response.clone()));
             }
             if matches!(**command, Command::Keyed { .. }) {
-                return CommandResponse::Rejected { reason: "a keyed write cannot hold another".into() };
+                return CommandResponse::invalid("a keyed write cannot hold another");
             }
             let response = apply_command(state, command);
             // A refusal changed nothing and would be refused again: nothing to remember.
@@ -55,7 +53,7 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
         Command::ReportAllocs { node, reports } => workloads::report(state, node, reports),
         Command::RegisterNode { info } => {
             if let Err(reason) = info.validate() {
-                return CommandResponse::Rejected { reason };
+                return CommandResponse::invalid(reason);
             }
             if let Some(record) = state.nodes.get(&info.name) {
                 if record.info == *info && record.status == NodeStatus::Ready {
@@ -85,7 +83,7 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
             CommandResponse::Applied
         }
         Command::SetNodeStatus { node, status } => match state.nodes.get_mut(node) {
-            None => CommandResponse::Rejected { reason: format!("node {node:?} is not registered") },
+            None => CommandResponse::not_found(format!("node {node:?} is not registered")),
             Some(record) if record.status == *status => CommandResponse::Unchanged,
             Some(record) => {
                 record.status = *status;
@@ -97,14 +95,14 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
         },
         Command::SetNodeLabels { node, set, remove } => {
             let Some(record) = state.nodes.get(node) else {
-                return CommandResponse::Rejected { reason: format!("node {node:?} is not registered") };
+                return CommandResponse::not_found(format!("node {node:?} is not registered"));
             };
             for (key, value) in set {
                 if let Err(reason) = validate_name("labels key", key) {
-                    return CommandResponse::Rejected { reason };
+                    return CommandResponse::invalid(reason);
                 }
                 if let Err(reason) = validate_label_value(&format!("labels.{key}"), value) {
-                    return CommandResponse::Rejected { reason };
+                    return CommandResponse::invalid(reason);
                 }
             }
             let mut labels = record.operator_labels.clone();
@@ -113,9 +111,9 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
             }
             labels.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
             if labels.len() > MAX_LABELS {
-                return CommandResponse::Rejected {
-                    reason: format!("labels: a node may carry at most {MAX_LABELS} operator labels"),
-                };
+                return CommandResponse::invalid(format!(
+                    "labels: a node may carry at most {MAX_LABELS} operator labels"
+                ));
             }
             if labels == record.operator_labels {
                 return CommandResponse::Unchanged;
@@ -155,6 +153,7 @@ mod tests {
     use gantry_common::model::{GpuInfo, HostInfo, MigMode, NodeInfo};
 
     use super::*;
+    use crate::state::RejectKind;
 
     fn info(name: &str, gpus: u32) -> NodeInfo {
         NodeInfo {
@@ -229,7 +228,7 @@ mod tests {
         let other = BTreeMap::from([("rack".to_string(), "r9".to_string())]);
         let r = apply(&mut s, &label(&other));
         assert!(
-            matches!(&r, CommandResponse::Rejected { reason } if reason.contains("different request")),
+            matches!(&r, CommandResponse::Rejected { reason, kind: RejectKind::Conflict } if reason.contains("different request")),
             "{r:?}"
         );
         assert_eq!(s.nodes["n1"].operator_labels["rack"], "r1");
@@ -239,8 +238,35 @@ mod tests {
             key: "k2".into(),
             command: Box::new(Command::SetNodeLabels { node: "ghost".into(), set, remove: vec![] }),
         };
-        assert!(matches!(apply(&mut s, &bad), CommandResponse::Rejected { .. }));
+        assert!(matches!(apply(&mut s, &bad), CommandResponse::Rejected { kind: RejectKind::NotFound, .. }));
         assert!(!s.write_keys.contains_key("k2"));
+    }
+
+    /// Each refusal says what kind it is; the API's status follows the kind,
+    /// never the wording.
+    #[test]
+    fn refusals_carry_their_kind() {
+        let mut s = State::default();
+        let kind = |r: CommandResponse| match r {
+            CommandResponse::Rejected { kind, .. } => Some(kind),
+            _ => None,
+        };
+        let ghost = Command::SetNodeStatus { node: "ghost".into(), status: NodeStatus::Down };
+        assert_eq!(kind(apply(&mut s, &ghost)), Some(RejectKind::NotFound));
+        let stop = Command::StopWorkload { name: "ghost".into() };
+        assert_eq!(kind(apply(&mut s, &stop)), Some(RejectKind::NotFound));
+        let nested = Command::Keyed {
+            key: "a".into(),
+            command: Box::new(Command::Keyed { key: "b".into(), command: Box::new(stop.clone()) }),
+        };
+        assert_eq!(kind(apply(&mut s, &nested)), Some(RejectKind::Invalid));
+        apply(&mut s, &Command::RegisterNode { info: info("n1", 1) });
+        let bad_label = Command::SetNodeLabels {
+            node: "n1".into(),
+            set: BTreeMap::from([("bad key".to_string(), "v".to_string())]),
+            remove: vec![],
+        };
+        assert_eq!(kind(apply(&mut s, &bad_label)), Some(RejectKind::Invalid));
     }
 
     #[test]
@@ -264,7 +290,7 @@ mod tests {
     fn bad_node_name_is_rejected_without_change() {
         let mut s = State::default();
         let r = apply(&mut s, &Command::RegisterNode { info: info("bad name", 1) });
-        assert!(matches!(r, CommandResponse::Rejected { reason } if reason.contains("node.name")));
+        assert!(matches!(r, CommandResponse::Rejected { reason, .. } if reason.contains("node.name")));
         assert!(s.nodes.is_empty());
     }
 
@@ -316,7 +342,7 @@ mod tests {
         let before = s.clone();
         let set = BTreeMap::from([("bad key".to_string(), "v".to_string())]);
         let r = apply(&mut s, &Command::SetNodeLabels { node: "n1".into(), set, remove: vec![] });
-        assert!(matches!(r, CommandResponse::Rejected { reason } if reason.contains("labels key")));
+        assert!(matches!(r, CommandResponse::Rejected { reason, .. } if reason.contains("labels key")));
         assert_eq!(s, before);
     }
 
@@ -328,7 +354,7 @@ mod tests {
             let set = BTreeMap::from([("k".to_string(), bad.to_string())]);
             let r = apply(&mut s, &Command::SetNodeLabels { node: "n1".into(), set, remove: vec![] });
             assert!(
-                matches!(&r, CommandResponse::Rejected { reason } if reason.contains("control character")),
+                matches!(&r, CommandResponse::Rejected { reason, .. } if reason.contains("control character")),
                 "{r:?}"
             );
         }

@@ -22,7 +22,7 @@ pub const KEEP_TERMINAL: usize = 32;
 
 pub(super) fn submit(state: &mut State, spec: &WorkloadSpec) -> CommandResponse {
     if let Err(e) = spec.validate() {
-        return CommandResponse::Rejected { reason: e.to_string() };
+        return CommandResponse::invalid(e.to_string());
     }
     let version = match state.workloads.get(&spec.name) {
         Some(w) if w.spec == *spec && !w.stopping => {
@@ -57,7 +57,7 @@ pub(super) fn submit(state: &mut State, spec: &WorkloadSpec) -> CommandResponse 
 
 pub(super) fn stop_workload(state: &mut State, name: &str) -> CommandResponse {
     let Some(w) = state.workloads.get_mut(name) else {
-        return CommandResponse::Rejected { reason: format!("workload {name:?} does not exist") };
+        return CommandResponse::not_found(format!("workload {name:?} does not exist"));
     };
     if w.stopping {
         return CommandResponse::Unchanged;
@@ -75,7 +75,7 @@ pub(super) fn stop_workload(state: &mut State, name: &str) -> CommandResponse {
 
 pub(super) fn drain(state: &mut State, node: &str, drain: bool) -> CommandResponse {
     match state.nodes.get_mut(node) {
-        None => CommandResponse::Rejected { reason: format!("node {node:?} is not registered") },
+        None => CommandResponse::not_found(format!("node {node:?} is not registered")),
         Some(n) if n.drained == drain => CommandResponse::Unchanged,
         Some(n) => {
             n.drained = drain;
@@ -193,7 +193,7 @@ pub(super) fn apply_plan(state: &mut State, plan: &Plan) -> CommandResponse {
 
 pub(super) fn report(state: &mut State, node: &str, reports: &[AllocReport]) -> CommandResponse {
     if !state.nodes.contains_key(node) {
-        return CommandResponse::Rejected { reason: format!("node {node:?} is not registered") };
+        return CommandResponse::not_found(format!("node {node:?} is not registered"));
     }
     let mut changed = BTreeSet::new();
     for r in reports {

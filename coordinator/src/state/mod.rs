@@ -162,6 +162,43 @@ impl Plan {
     }
 }
 
+/// Why `apply` refused a command; the admin API maps each to one HTTP status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectKind {
+    /// The command is malformed or breaks a rule (also every refusal
+    /// stored before kinds existed).
+    #[default]
+    Invalid,
+    /// It names a node or workload that does not exist.
+    NotFound,
+    /// It conflicts with an earlier write (an idempotency key reused for
+    /// another request).
+    Conflict,
+}
+
+impl RejectKind {
+    pub fn is_invalid(&self) -> bool {
+        *self == RejectKind::Invalid
+    }
+}
+
+impl CommandResponse {
+    /// A refusal: the command breaks a rule.
+    pub fn invalid(reason: impl Into<String>) -> CommandResponse {
+        CommandResponse::Rejected { reason: reason.into(), kind: RejectKind::Invalid }
+    }
+
+    /// A refusal: what the command names does not exist.
+    pub fn not_found(reason: impl Into<String>) -> CommandResponse {
+        CommandResponse::Rejected { reason: reason.into(), kind: RejectKind::NotFound }
+    }
+
+    /// A refusal: the command conflicts with an earlier write.
+    pub fn conflict(reason: impl Into<String>) -> CommandResponse {
+        CommandResponse::Rejected { reason: reason.into(), kind: RejectKind::Conflict }
+    }
+}
+
 /// What applying a [`Command`] produced.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub enum CommandResponse {
@@ -170,8 +207,13 @@ pub enum CommandResponse {
     Applied,
     /// Applied and nothing changed (an idempotent repeat).
     Unchanged,
-    /// Refused; the state is as before.
-    Rejected { reason: String },
+    /// Refused; the state is as before. `kind` is left out of the bytes
+    /// when it is `Invalid`, so a refusal encodes as it did before kinds.
+    Rejected {
+        reason: String,
+        #[serde(default, skip_serializing_if = "RejectKind::is_invalid")]
+        kind: RejectKind,
+    },
     /// A workload was submitted: its current version, and whether it changed.
     Workload { version: u64, changed: bool },
     /// A plan applied: the ids placed, and the placements refused by the re-check.
