@@ -1,5 +1,6 @@
 //! Takes one telemetry sample of the host and its GPUs, and keeps the latest
-//! one for the local `/metrics` endpoint.
+//! one for the local `/metrics` endpoint. NVML and `/proc` reads block, so
+//! they run on tokio's blocking pool, never on an async worker.
 
 use std::sync::{Arc, Mutex};
 
@@ -47,7 +48,7 @@ impl AgentStatus {
 
 pub struct Sampler {
     gpus: Gpus,
-    host: HostSampler,
+    host: Arc<Mutex<HostSampler>>,
     node: String,
     seq: u64,
     status: AgentStatus,
@@ -57,7 +58,15 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(gpus: Gpus, host: HostSampler, node: String, status: AgentStatus) -> Sampler {
-        Sampler { gpus, host, node, seq: 0, status, address: String::new(), http_addr: String::new() }
+        Sampler {
+            gpus,
+            host: Arc::new(Mutex::new(host)),
+            node,
+            seq: 0,
+            status,
+            address: String::new(),
+            http_addr: String::new(),
+        }
     }
 
     /// The node this agent speaks for.
@@ -72,16 +81,19 @@ impl Sampler {
     }
 
     /// The node's static facts, for registration.
-    pub fn node_info(
+    pub async fn node_info(
         &self,
         labels: std::collections::BTreeMap<String, String>,
     ) -> Result<NodeInfo, crate::gpu::GpuError> {
-        let gpus = self.gpus.inventory()?;
+        let (gpus, host) = (self.gpus.clone(), Arc::clone(&self.host));
+        let (gpus, host) =
+            blocking(move || Ok::<_, crate::gpu::GpuError>((gpus.inventory()?, lock(&host).info())))
+                .await??;
         self.status.lock().gpus = gpus.clone();
         Ok(NodeInfo {
             name: self.node.clone(),
             labels,
-            host: self.host.info(),
+            host,
             gpus,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             gpu_backend: self.gpus.name().to_string(),
@@ -92,16 +104,25 @@ impl Sampler {
 
     /// Samples everything and builds the next heartbeat. A GPU sampling
     /// failure is logged and reported as no GPU telemetry, so liveness still flows.
-    pub fn heartbeat(&mut self) -> Heartbeat {
+    pub async fn heartbeat(&mut self) -> Heartbeat {
         self.seq += 1;
-        let gpus = match self.gpus.sample() {
+        let (gpus, host) = (self.gpus.clone(), Arc::clone(&self.host));
+        let sampled = blocking(move || (gpus.sample(), lock(&host).sample())).await;
+        let (gpus, host) = match sampled {
+            Ok((gpus, host)) => (gpus, host),
+            Err(e) => {
+                // The sampling thread panicked: report liveness with the last host reading.
+                let last = self.status.lock().host.clone();
+                (Err(e), last.unwrap_or(HostTelemetry { cpu_usage_pct: 0.0, memory_used_mib: 0 }))
+            }
+        };
+        let gpus = match gpus {
             Ok(g) => g,
             Err(e) => {
                 warn!("GPU sampling failed: {e}");
                 Vec::new()
             }
         };
-        let host = self.host.sample();
         {
             let mut s = self.status.lock();
             s.host = Some(host.clone());
@@ -109,4 +130,16 @@ impl Sampler {
         }
         Heartbeat { node: self.node.clone(), seq: self.seq, host, gpus }
     }
+}
+
+fn lock(host: &Mutex<HostSampler>) -> std::sync::MutexGuard<'_, HostSampler> {
+    host.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs blocking sampling work on tokio's blocking pool; a panic there
+/// comes back as a GPU error rather than taking the session down.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, crate::gpu::GpuError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| crate::gpu::GpuError::SamplingThread(e.to_string()))
 }

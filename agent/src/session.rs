@@ -85,6 +85,15 @@ enum End {
     Shutdown,
 }
 
+/// Why a session could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("QUIC endpoint: {0}")]
+    Endpoint(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
 impl Session {
     pub fn new(
         identity: &Identity,
@@ -94,9 +103,9 @@ impl Session {
         status: AgentStatus,
         link: SessionSide,
         logs: Logs,
-    ) -> Result<Session, crate::start::StartError> {
+    ) -> Result<Session, SessionError> {
         let endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
-            .map_err(|e| crate::start::StartError::Endpoint(e.to_string()))?;
+            .map_err(SessionError::Endpoint)?;
         let config = tls::client_config(identity, ALPN_AGENT)?;
         let next = fastrand::usize(..coordinators.len().max(1));
         Ok(Session {
@@ -206,7 +215,7 @@ impl Session {
         sampler: &mut Sampler,
         shutdown: &mut watch::Receiver<bool>,
     ) -> End {
-        let info = match sampler.node_info(self.labels.clone()) {
+        let info = match sampler.node_info(self.labels.clone()).await {
             Ok(info) => info,
             Err(e) => return End::Failed(format!("reading GPU inventory: {e}")),
         };
@@ -252,7 +261,7 @@ impl Session {
                     continue;
                 }
             }
-            let hb = sampler.heartbeat();
+            let hb = sampler.heartbeat().await;
             match self.call(conn, addr, AgentRequest::Heartbeat(hb)).await {
                 Ok(AgentResponse::HeartbeatAck) => self.status.count_heartbeat(),
                 Ok(AgentResponse::UnknownNode) => {

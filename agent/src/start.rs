@@ -49,8 +49,8 @@ pub enum StartError {
     DataDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Workloads(#[from] ManagerError),
-    #[error("QUIC endpoint: {0}")]
-    Endpoint(String),
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
     #[error("metrics_listen {addr}: {reason}")]
     Metrics { addr: String, reason: String },
 }
@@ -110,7 +110,7 @@ pub async fn run(
     let mut sampler = Sampler::new(gpus.clone(), HostSampler::new(), node.clone(), status.clone());
     let advertise = config.advertise_address.clone().unwrap_or_else(host_name);
     sampler.set_endpoints(advertise.clone(), config.metrics_listen.clone());
-    let gpu_count = sampler.node_info(config.labels.clone())?.gpus.len();
+    let gpu_count = sampler.node_info(config.labels.clone()).await?.gpus.len();
     info!(%node, backend = ?config.gpu_backend, gpus = gpu_count, %advertise, coordinators = ?config.coordinators, "agent starting");
 
     std::fs::create_dir_all(&config.data_dir)

@@ -18,7 +18,7 @@
 //! - [`telemetry`]: the leader's in-memory samples (never replicated).
 //! - [`leader_loop`]: leader-only periodic work (marking nodes down/ready).
 //! - [`scheduler`]: the pure planner and the leader's single plan applier.
-//! - [`views`]: workload and allocation views for operators.
+//! - [`views`]: node, GPU, workload and allocation views for operators.
 //! - [`agent_links`]: the agents' connections by node; [`alloc_logs`]:
 //!   allocation output fetched down them (or through the leader).
 //! - [`admin`]: HTTP+JSON admin socket; [`metrics`]: its `/metrics`.

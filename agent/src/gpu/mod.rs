@@ -104,6 +104,10 @@ pub enum GpuError {
     #[error("NVML {op} failed: {detail}")]
     Nvml { op: &'static str, detail: String },
 
+    /// The blocking thread that read the GPUs panicked or was cancelled.
+    #[error("sampling thread: {0}")]
+    SamplingThread(String),
+
     /// A GPU index that this node does not have.
     #[error("GPU index {index} does not exist: this node has {count} GPUs")]
     NoSuchGpu { index: u32, count: u32 },

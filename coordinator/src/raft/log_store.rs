@@ -15,7 +15,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogId, StorageIOError, Vote};
 use redb::{Database, ReadableTable};
 
-use super::store::{blocking, decode, encode, Fault, StorageResult, LOG, META};
+use super::redb_io::{blocking, decode, encode, Fault, StorageResult, LOG, META};
 use super::{NodeId, TypeConfig};
 
 /// openraft's log storage on redb. Cheap to clone.

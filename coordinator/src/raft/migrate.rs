@@ -20,8 +20,8 @@ use redb::{ReadableTable, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::redb_io::{encode, Fault, LOG, MACHINE, META};
 use super::state_machine::Applied;
-use super::store::{encode, Fault, LOG, MACHINE, META};
 use super::{NodeId, TypeConfig};
 use crate::state::{Command, NodeRecord, Plan, State, WorkloadRecord};
 

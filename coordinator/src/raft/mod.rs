@@ -6,6 +6,7 @@
 //! - [`log_store`]: the Raft log and vote in redb.
 //! - [`state_machine`]: applies committed `Command`s to `State` and keeps it (and snapshots) in redb.
 //! - [`store`]: opens the one redb file that holds both.
+//! - `redb_io`: what the three share: tables, faults, encoding, blocking calls.
 //! - `migrate`: rewrites a store of the previous format when it is opened.
 //! - [`network`]: Raft RPCs over QUIC (`gantry-raft/1`).
 //! - [`watchdog`]: forces an election when no leader is seen for too long.
@@ -20,6 +21,7 @@ pub mod handoff;
 pub mod log_store;
 mod migrate;
 pub mod network;
+mod redb_io;
 pub mod rejoin;
 pub mod state_machine;
 pub mod store;

@@ -31,7 +31,7 @@ use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::store::{blocking, decode, encode, Fault, StorageResult, MACHINE};
+use super::redb_io::{blocking, decode, encode, Fault, StorageResult, MACHINE};
 use super::{NodeId, TypeConfig};
 use crate::state::{self, CommandResponse, State};
 

@@ -15,6 +15,24 @@
 //!
 //! When the agent stops, the manager waits a little for operations under way,
 //! saves, and leaves every workload running.
+//!
+//! This file holds the loop and the reconciler's actions; beside it:
+//! `recovery.rs` (after a restart), `start_task.rs` (one start), `gpu_effects.rs`
+//! (MIG instances, the backend's view of what runs, MPS daemons),
+//! `persistence.rs` (state file, reports), `logs.rs` (log lookup and
+//! rotation), `runtimes.rs` (the runtimes by kind).
+
+mod gpu_effects;
+mod logs;
+mod persistence;
+mod recovery;
+mod runtimes;
+mod start_task;
+
+use logs::LogEntry;
+pub use logs::{Logs, LogsError};
+pub use runtimes::Runtimes;
+use start_task::StartTask;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -55,85 +73,10 @@ pub struct ManagerConfig {
     pub tick: Duration,
 }
 
-/// The runtimes, by kind.
-#[derive(Clone)]
-pub struct Runtimes {
-    pub process: Arc<ProcessRuntime>,
-    /// `None` when the docker runtime is off.
-    pub docker: Option<Arc<DockerRuntime>>,
-}
-
-impl Runtimes {
-    fn by_kind(&self, kind: &str) -> Result<Arc<dyn Runtime>, RuntimeError> {
-        match kind {
-            "docker" => match &self.docker {
-                Some(d) => Ok(d.clone()),
-                None => Err(RuntimeError::NoDocker),
-            },
-            _ => Ok(self.process.clone()),
-        }
-    }
-
-    fn for_handle(&self, handle: &Handle) -> Result<Arc<dyn Runtime>, RuntimeError> {
-        match handle {
-            Handle::Process { .. } => self.by_kind("process"),
-            Handle::Docker { .. } => self.by_kind("docker"),
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     #[error(transparent)]
     State(#[from] StateError),
-}
-
-/// Where the HTTP listener finds an allocation's logs. A std `Mutex`: the
-/// manager replaces the map, readers clone one entry; nothing awaits under it.
-#[derive(Clone)]
-pub struct Logs {
-    index: Arc<Mutex<BTreeMap<String, LogEntry>>>,
-    runtimes: Runtimes,
-    allocs_dir: PathBuf,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-struct LogEntry {
-    runtime: String,
-    handle: Option<Handle>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LogsError {
-    #[error("no allocation {0:?} on this node")]
-    UnknownAlloc(String),
-    #[error("allocation {0:?} has not started: no logs yet")]
-    NotStarted(String),
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-}
-
-impl Logs {
-    /// The output of allocation `id`.
-    pub async fn open(&self, id: &str, request: LogRequest) -> Result<LogStream, LogsError> {
-        let entry = self
-            .index
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-            .ok_or_else(|| LogsError::UnknownAlloc(id.to_string()))?;
-        let dir = self.allocs_dir.join(id);
-        match (entry.handle, entry.runtime.as_str()) {
-            (Some(h), _) => Ok(self.runtimes.for_handle(&h)?.logs(&h, dir, request).await?),
-            // A process that never started may still have written why (exec errors go to stderr).
-            (None, "process") => {
-                let never = Handle::Process { pid: 0, start_ticks: 0 };
-                Ok(self.runtimes.process.logs(&never, dir, request).await?)
-            }
-            (None, _) => Err(LogsError::NotStarted(id.to_string())),
-        }
-    }
 }
 
 /// The desired set in force, whether it is a coordinator's (authoritative),
@@ -248,97 +191,6 @@ impl Manager {
         info!(allocations = self.state.records.len(), "workload manager stopped; workloads left running");
     }
 
-    /// After a (re)start: records caught mid-operation are settled, containers
-    /// missing from the state file are found by label, and the sim's MIG
-    /// instances are recreated for allocations that hold them.
-    async fn recover(&mut self) {
-        let now = now_ms();
-        for r in self.state.records.values_mut() {
-            // Probe schedules are not persisted: probe running ones soon.
-            r.next_probe_ms = now;
-            match (r.phase, &r.handle) {
-                (Phase::Starting, None) => r.start_failed(now, "the agent stopped while starting it".into()),
-                (Phase::Starting | Phase::Stopping { .. }, Some(_)) => {
-                    r.phase = Phase::Running { since_ms: now }
-                }
-                _ => {}
-            }
-        }
-        for (id, r) in &self.state.records {
-            if let Some(handle @ Handle::Process { .. }) = &r.handle {
-                self.runtimes.process.adopt(id, handle);
-            }
-        }
-        if let Some(docker) = self.runtimes.docker.clone() {
-            match docker.discover(&self.cfg.node).await {
-                Ok(found) => {
-                    for (id, handle) in found {
-                        self.adopt_container(id, handle, now);
-                    }
-                }
-                Err(e) => warn!("finding containers of earlier agents: {e}"),
-            }
-        }
-        let held: Vec<(u32, String, u8)> = self
-            .state
-            .records
-            .values()
-            .filter(|r| matches!(r.phase, Phase::Running { .. } | Phase::Exited { .. }))
-            .flat_map(|r| r.gpus.iter())
-            .filter_map(|g| match &g.share {
-                GpuShare::Mig { profile, start } => Some((g.index, profile.clone(), *start)),
-                _ => None,
-            })
-            .collect();
-        if self.gpus.name() == "sim" {
-            for (index, profile, start) in held {
-                if let Err(e) = self.gpus.with(|b| b.open_mig(index, &profile, start)) {
-                    warn!("re-creating simulated MIG instance {profile}@{start} on GPU {index}: {e}");
-                }
-            }
-        }
-        self.save();
-    }
-
-    fn adopt_container(&mut self, id: String, handle: Handle, now: u64) {
-        if let Some(r) = self.state.records.get_mut(&id) {
-            if r.handle.as_ref() != Some(&handle) {
-                info!(alloc = %id, "found its container by label");
-                r.handle = Some(handle);
-                if !matches!(r.phase, Phase::Running { .. }) {
-                    r.phase = Phase::Running { since_ms: now };
-                }
-            }
-            return;
-        }
-        info!(alloc = %id, "found a container the state file does not know; adopting it");
-        let desired = self.desired_alloc(&id);
-        let mut r = match &desired {
-            Some(d) => AllocRecord::new(d, BTreeMap::new()),
-            None => AllocRecord {
-                workload: id.split('.').next().unwrap_or_default().to_string(),
-                runtime: "docker".into(),
-                phase: Phase::Starting,
-                restarts: 0,
-                crash_streak: 0,
-                message: String::new(),
-                health: gantry_common::workload::HealthState::Unknown,
-                exit_code: None,
-                start_failed: false,
-                probe_failures: 0,
-                next_probe_ms: 0,
-                ports: BTreeMap::new(),
-                devices: Vec::new(),
-                gpus: Vec::new(),
-                handle: None,
-                stop_grace_ms: 10_000,
-            },
-        };
-        r.handle = Some(handle);
-        r.phase = Phase::Running { since_ms: now };
-        self.state.records.insert(id, r);
-    }
-
     /// The desired set in force: the session's when a coordinator has
     /// answered since the agent started (authoritative), else the persisted
     /// one. Rebuilt only when the session published a new set: a node may
@@ -406,43 +258,6 @@ impl Manager {
         self.rotate_logs(now);
         self.save();
         self.publish(&desired);
-    }
-
-    /// Cuts the logs of running process workloads that grew past the limit
-    /// (checked every [`LOG_CHECK`], on a blocking thread so a slow disk
-    /// never holds up the loop; one check at a time).
-    fn rotate_logs(&mut self, now: u64) {
-        if now < self.next_log_check_ms || self.log_check.as_ref().is_some_and(|h| !h.is_finished()) {
-            return;
-        }
-        self.next_log_check_ms = now + LOG_CHECK.as_millis() as u64;
-        let max = self.runtimes.process.settings().log_max_bytes;
-        if max == 0 {
-            return;
-        }
-        let allocs = self.cfg.data_dir.join("allocs");
-        let running: Vec<String> = self
-            .state
-            .records
-            .iter()
-            .filter(|(_, r)| r.runtime == "process" && matches!(r.phase, Phase::Running { .. }))
-            .map(|(id, _)| id.clone())
-            .collect();
-        if running.is_empty() {
-            return;
-        }
-        self.log_check = Some(tokio::task::spawn_blocking(move || {
-            for id in running {
-                let dir = allocs.join(&id);
-                for name in [crate::runtime::process::STDOUT_LOG, crate::runtime::process::STDERR_LOG] {
-                    match crate::runtime::process::rotate_running(&dir.join(name), max) {
-                        Ok(true) => debug!(alloc = %id, log = name, "log rotated"),
-                        Ok(false) => {}
-                        Err(e) => warn!(alloc = %id, log = name, "rotating the log: {e}"),
-                    }
-                }
-            }
-        }));
     }
 
     /// Asks the runtime about every running allocation.
@@ -656,197 +471,6 @@ impl Manager {
                 r.probed(now, result.is_ok(), &check);
             }
         }
-    }
-
-    /// Gives back the sim's MIG instances of an allocation that ended.
-    fn release_gpus(&mut self, id: &str) {
-        let Some(r) = self.state.records.get(id) else { return };
-        for g in &r.gpus {
-            if let GpuShare::Mig { profile, start } = &g.share {
-                if let Err(e) = self.gpus.with(|b| b.close_mig(g.index, profile, *start)) {
-                    debug!(alloc = %id, "closing MIG instance: {e}");
-                }
-            }
-        }
-    }
-
-    /// Tells the backend what runs, and keeps MPS daemons where clients are.
-    fn share_gpus(&mut self) {
-        let mut running = Running::default();
-        let mut mps_holders: BTreeMap<u32, (u32, String)> = BTreeMap::new();
-        for r in self.state.records.values() {
-            let runs = matches!(r.phase, Phase::Running { .. } | Phase::Stopping { .. });
-            let holds = runs || matches!(r.phase, Phase::Starting | Phase::Exited { .. });
-            for g in &r.gpus {
-                if runs {
-                    running.shares.push((g.index, g.share.clone()));
-                }
-                if holds && matches!(g.share, GpuShare::Mps { .. }) {
-                    let entry = mps_holders.entry(g.index).or_insert((0, g.uuid.clone()));
-                    if runs {
-                        entry.0 += 1;
-                    }
-                }
-            }
-        }
-        for index in 0..self.gpus.count() {
-            let daemon = self.mps.running(index);
-            match mps_holders.get(&index) {
-                Some((clients, uuid)) => {
-                    if daemon {
-                        self.mps.set_clients(index, *clients);
-                        running.mps_clients.insert(index, *clients);
-                    } else if *clients > 0 {
-                        // It died under its clients: bring it back.
-                        warn!(gpu = index, "MPS control daemon is not running; starting it again");
-                        let (mps, uuid) = (self.mps.clone(), uuid.clone());
-                        tokio::spawn(async move {
-                            if let Err(e) = mps.ensure(index, &uuid).await {
-                                warn!("{e}");
-                            }
-                        });
-                    }
-                }
-                None if daemon && self.gpus.sharing(index) == GpuSharing::Mps => {
-                    let mps = self.mps.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = mps.stop(index).await {
-                            warn!("{e}");
-                        }
-                    });
-                }
-                None => {}
-            }
-        }
-        self.gpus.with(|b| b.set_running(&running));
-    }
-
-    fn save(&mut self) {
-        // A comparison, not an encoding, every tick: the file is written
-        // only when something in it changed.
-        if self.saved.as_ref() == Some(&self.state) {
-            return;
-        }
-        match self.state.save(&self.cfg.data_dir) {
-            Ok(()) => self.saved = Some(self.state.clone()),
-            Err(e) => warn!("saving the state file: {e}"),
-        }
-        let entries: BTreeMap<String, LogEntry> = self
-            .state
-            .records
-            .iter()
-            .map(|(id, r)| (id.clone(), LogEntry { runtime: r.runtime.clone(), handle: r.handle.clone() }))
-            .collect();
-        *self.logs.index.lock().unwrap_or_else(|p| p.into_inner()) = entries;
-    }
-
-    fn publish(&mut self, desired: &[DesiredAlloc]) {
-        let mut reports: BTreeMap<String, AllocReport> = BTreeMap::new();
-        for d in desired {
-            let id = &d.alloc.id;
-            reports
-                .insert(id.clone(), reconcile::report(id, self.state.records.get(id), Some(d.alloc.desired)));
-        }
-        for (id, r) in &self.state.records {
-            reports.entry(id.clone()).or_insert_with(|| reconcile::report(id, Some(r), None));
-        }
-        self.link.reports.send_if_modified(|current| {
-            if *current == reports {
-                false
-            } else {
-                *current = reports;
-                true
-            }
-        });
-    }
-}
-
-/// One start, on its own task: stale leftovers removed, devices opened, MPS
-/// daemon up, then the runtime.
-struct StartTask {
-    d: DesiredAlloc,
-    node: String,
-    alloc_dir: PathBuf,
-    host_ports: BTreeMap<String, u16>,
-    previous: Option<Handle>,
-    gpus: Gpus,
-    runtimes: Runtimes,
-    mps: Arc<Mps>,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum StartError {
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error(transparent)]
-    Gpu(#[from] crate::gpu::GpuError),
-    #[error(transparent)]
-    Mps(#[from] super::mps::MpsError),
-    #[error("GPU {index} is not in {wanted} sharing (agent setting gpu_sharing); it is {actual}")]
-    Sharing { index: u32, wanted: &'static str, actual: &'static str },
-}
-
-impl StartTask {
-    async fn run(self) -> Result<(Handle, Vec<String>), StartError> {
-        let runtime = self.runtimes.by_kind(self.d.spec.runtime.kind())?;
-        if let Some(old) = &self.previous {
-            // An exited container is still there; a process is gone already.
-            if let Ok(rt) = self.runtimes.for_handle(old) {
-                rt.stop(old, Duration::ZERO).await?;
-            }
-        }
-        let mut devices = Vec::new();
-        let mut pipe = None;
-        for g in &self.d.alloc.gpus {
-            let sharing = self.gpus.sharing(g.index);
-            let device_id = match &g.share {
-                GpuShare::Mig { profile, start } => {
-                    self.gpus.with(|b| b.open_mig(g.index, profile, *start))?
-                }
-                GpuShare::Mps { .. } => {
-                    if sharing != GpuSharing::Mps {
-                        return Err(StartError::Sharing {
-                            index: g.index,
-                            wanted: "mps",
-                            actual: sharing.as_str(),
-                        });
-                    }
-                    self.mps.ensure(g.index, &g.uuid).await?;
-                    let dir = self.mps.pipe_dir(g.index);
-                    // The modelled daemon makes no directory; a container mounts it either way.
-                    std::fs::create_dir_all(&dir)
-                        .map_err(|source| RuntimeError::Io { path: dir.clone(), source })?;
-                    pipe = Some(dir);
-                    g.uuid.clone()
-                }
-                _ => g.uuid.clone(),
-            };
-            devices.push(GpuDevice { index: g.index, device_id, share: g.share.clone() });
-        }
-        let placement = match self.d.spec.runtime {
-            RuntimeSpec::Docker { .. } => Placement::Container,
-            RuntimeSpec::Process { .. } => Placement::Process,
-        };
-        let env = env::workload_env(
-            &self.d.spec,
-            &self.d.alloc.id,
-            &self.host_ports,
-            placement,
-            &devices,
-            pipe.as_deref(),
-        );
-        let launch = Launch {
-            alloc_id: self.d.alloc.id.clone(),
-            node: self.node,
-            spec: (*self.d.spec).clone(),
-            env,
-            host_ports: self.host_ports,
-            devices: devices.iter().map(|g| g.device_id.clone()).collect(),
-            mps_pipe_dir: pipe,
-            alloc_dir: self.alloc_dir,
-        };
-        let handle = runtime.start(&launch).await?;
-        Ok((handle, launch.devices))
     }
 }
 
