@@ -105,7 +105,7 @@ impl Default for AgentConfig {
             mps_control: PathBuf::from("nvidia-cuda-mps-control"),
             workload_user: "nobody".to_string(),
             workload_users_allowed: Vec::new(),
-            workload_uids: "200000-265535".to_string(),
+            workload_uids: "1900000000-1900065535".to_string(),
             log_max_mib: 64,
             tls: TlsFiles {
                 ca: PathBuf::from("/etc/gantry/pki/ca.pem"),

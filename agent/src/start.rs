@@ -137,6 +137,19 @@ pub async fn run(
     if let Layout::None { why } = &cgroups {
         warn!("process workloads run without CPU, memory and process limits: {why}");
     }
+    if let Some(range) = config.workload_uids()? {
+        let files = ["/etc/subuid", "/etc/subgid", "/etc/passwd"]
+            .map(|f| (f, std::fs::read_to_string(f).unwrap_or_default()));
+        let texts: Vec<(&str, &str)> = files.iter().map(|(f, t)| (*f, t.as_str())).collect();
+        let others = crate::runtime::uids::others_in_range(&range, &texts);
+        if !others.is_empty() {
+            warn!(
+                "workload_uids {} is also used by {}: workloads could reach what those ids own; choose another range",
+                config.workload_uids,
+                others.join(", ")
+            );
+        }
+    }
     let process = ProcessRuntime::new(ProcessSettings {
         user: config.workload_user.clone(),
         users_allowed: config.workload_users_allowed.clone(),

@@ -133,7 +133,7 @@ enum Cmd {
         /// Keep printing new output until Ctrl-C or the replica's end.
         #[arg(long, short)]
         follow: bool,
-        /// Start with at most the last BYTES of output (default: the agent's).
+        /// Start with at most the last BYTES of each stream (default: all of it).
         #[arg(long, value_name = "BYTES")]
         tail: Option<u64>,
     },

@@ -354,7 +354,11 @@ pub async fn follow_rollout(client: &AdminClient, mut rollout: Rollout) -> anyho
                 status.finish();
                 let mut allocs: Vec<AllocView> = allocs
                     .into_iter()
-                    .filter(|a| a.version == rollout.version && a.desired == "run" && a.actual == "running")
+                    .filter(|a| {
+                        a.version == rollout.version
+                            && a.desired == "run"
+                            && matches!(a.actual.as_str(), "running" | "completed")
+                    })
                     .collect();
                 allocs.sort_by_key(|a| a.replica);
                 return Ok(RolloutDone {

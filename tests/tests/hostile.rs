@@ -516,7 +516,7 @@ fn workloads_are_confined_and_files_are_private() -> anyhow::Result<()> {
         (rc == 0 && out.contains("hunter2")).then_some(out)
     })?;
     let uid: u32 = logs.lines().next().unwrap_or_default().parse()?;
-    assert!((200_000..=265_535).contains(&uid), "runs as a uid of its own: {logs}");
+    assert!((1_900_000_000..=1_900_009_999).contains(&uid), "runs as a uid of its own: {logs}");
     let pid = logs.lines().find_map(|l| l.strip_prefix("PID=")).unwrap_or_default().to_string();
     // Another workload on the same node runs as another uid and reaches
     // neither the first one's environment nor its files.
@@ -539,6 +539,13 @@ fn workloads_are_confined_and_files_are_private() -> anyhow::Result<()> {
     assert_eq!(peer_logs.matches("Permission denied").count(), 2, "{peer_logs}");
     assert!(peer_logs.contains("Operation not permitted"), "cannot signal it: {peer_logs}");
     gantryctl(&s, &["stop", "peer"]);
+    // Asking for the shared user by name would leave the uid of its own: refused.
+    run(&s, "name = \"asks\"\ncommand = \"/bin/sleep\"\nargs = [\"600\"]\nuser = \"nobody\"\n", false)?;
+    let refused: AllocView = wait_for(LONG, || {
+        allocs(&s, Some("asks")).ok()?.into_iter().find(|a| a.message.contains("workload_users_allowed"))
+    })?;
+    assert!(refused.message.contains("\"nobody\""), "{}", refused.message);
+    gantryctl(&s, &["stop", "asks"]);
     assert!(logs.contains("NoNewPrivs:\t1") && logs.contains("CapEff:\t0000000000000000"), "{logs}");
     assert!(
         !logs.contains("BEGIN") && logs.contains("Permission denied"),
@@ -561,6 +568,9 @@ fn workloads_are_confined_and_files_are_private() -> anyhow::Result<()> {
     let agent_data = c.info.dir.join("node-1/data");
     wait_for(LONG, || agent_data.join("allocs.json").exists().then_some(()))?;
     assert_eq!(mode(&agent_data), 0o711);
+    assert_eq!(mode(&agent_data.join("allocs")), 0o711, "workloads cannot list each other");
+    assert_eq!(mode(&c.info.dir.join("node-1/log")), 0o600, "the agent's log names every allocation");
+    assert_eq!(mode(&c.info.dir.join("node-1/agent.toml")), 0o600);
     assert_eq!(mode(&agent_data.join("allocs.json")), 0o600);
     assert_eq!(mode(&agent_data.join(format!("allocs/{}/stdout.log", a.id))), 0o600);
     gantryctl(&s, &["stop", "spy"]);

@@ -57,15 +57,18 @@ pub enum ConfineError {
     Lookup { user: String, reason: String },
 }
 
-/// The user a workload runs as: the spec's when allowed, else the agent's default.
+/// The user a workload runs as: the spec's when allowed, else the agent's
+/// default. A spec may name `requestable` (the default, when workloads share
+/// it) or one of `allowed`.
 pub fn choose_user(
     requested: Option<&str>,
+    requestable: Option<&str>,
     default: &str,
     allowed: &[String],
 ) -> Result<String, ConfineError> {
     match requested {
         None => Ok(default.to_string()),
-        Some(u) if u == default || allowed.iter().any(|a| a == u) => Ok(u.to_string()),
+        Some(u) if Some(u) == requestable || allowed.iter().any(|a| a == u) => Ok(u.to_string()),
         Some(u) => Err(ConfineError::NotAllowed {
             user: u.to_string(),
             allowed: if allowed.is_empty() { "none".into() } else { allowed.join(", ") },
@@ -225,13 +228,18 @@ mod tests {
 
     #[test]
     fn a_spec_may_only_choose_an_allowed_user() {
-        assert_eq!(choose_user(None, "nobody", &[]).unwrap(), "nobody");
-        assert_eq!(choose_user(Some("nobody"), "nobody", &[]).unwrap(), "nobody");
+        assert_eq!(choose_user(None, Some("nobody"), "nobody", &[]).unwrap(), "nobody");
+        assert_eq!(choose_user(Some("nobody"), Some("nobody"), "nobody", &[]).unwrap(), "nobody");
+        // With uids of their own, the shared user is not for the asking.
+        assert!(choose_user(Some("nobody"), None, "nobody", &[]).is_err());
         let allowed = vec!["ml".to_string()];
-        assert_eq!(choose_user(Some("ml"), "nobody", &allowed).unwrap(), "ml");
-        let e = choose_user(Some("root"), "nobody", &allowed).unwrap_err();
+        assert_eq!(choose_user(Some("ml"), None, "nobody", &allowed).unwrap(), "ml");
+        let e = choose_user(Some("root"), None, "nobody", &allowed).unwrap_err();
         assert_eq!(e.to_string(), "user \"root\": this agent does not allow workloads to choose it (agent setting workload_users_allowed: ml)");
-        assert!(choose_user(Some("root"), "nobody", &[]).unwrap_err().to_string().ends_with("none)"));
+        assert!(choose_user(Some("root"), Some("nobody"), "nobody", &[])
+            .unwrap_err()
+            .to_string()
+            .ends_with("none)"));
     }
 
     #[test]

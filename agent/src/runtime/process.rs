@@ -152,9 +152,18 @@ impl ProcessRuntime {
             let uid = pool.take(&launch.alloc_id, range).map_err(|e| RuntimeError::Confine(e.to_string()))?;
             return Ok(confine::RunAs { name: format!("gantry-{uid}"), uid, gid: uid });
         }
-        confine::choose_user(launch.spec.user.as_deref(), &self.settings.user, &self.settings.users_allowed)
-            .and_then(|name| confine::resolve_user(&name))
-            .map_err(|e| RuntimeError::Confine(e.to_string()))
+        // With uids of their own, asking for the shared user by name would
+        // join the MPS shares' user: only when the agent lists it.
+        let default =
+            if self.settings.uids.is_some() && !mps { None } else { Some(self.settings.user.as_str()) };
+        confine::choose_user(
+            launch.spec.user.as_deref(),
+            default,
+            &self.settings.user,
+            &self.settings.users_allowed,
+        )
+        .and_then(|name| confine::resolve_user(&name))
+        .map_err(|e| RuntimeError::Confine(e.to_string()))
     }
 
     /// How a process of `pid` ended, when its memory limit ended it.
@@ -522,24 +531,44 @@ fn group_alive(pgid: Pid) -> bool {
     !matches!(killpg(pgid, None), Err(Errno::ESRCH))
 }
 
-/// Logs from files: the last `tail` bytes of each (in order), then, when
-/// following, what is appended to any of them until `alive` turns false and
-/// nothing more arrives.
+/// The output in `paths` (stdout, then stderr): the last `tail` bytes of
+/// each (everything without `tail`), read and sent 1 MiB at a time so a
+/// large log never sits whole in the agent's memory; then, with `follow`,
+/// what is appended while `alive` says the workload runs. A log cut by
+/// rotation (shorter than what was read) is followed again from its start.
 pub async fn file_logs(
     paths: &[PathBuf],
     request: LogRequest,
     alive: Box<dyn Fn() -> bool + Send>,
 ) -> Result<LogStream, RuntimeError> {
-    let mut head = Vec::new();
-    let mut offsets = Vec::new();
+    let mut spans = Vec::new();
     for path in paths {
-        let (bytes, end) = read_tail(path, request.tail).await?;
-        head.extend_from_slice(&bytes);
-        offsets.push(end);
+        let len = match tokio::fs::metadata(path).await {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(source) => return Err(RuntimeError::Io { path: path.clone(), source }),
+        };
+        let from = request.tail.map_or(0, |t| len.saturating_sub(t));
+        spans.push((path.clone(), from, len));
     }
-    let first = futures::stream::once(async move { Ok(Bytes::from(head)) });
+    let offsets: Vec<u64> = spans.iter().map(|(_, _, end)| *end).collect();
+    let head = futures::stream::unfold(spans.into_iter(), |mut spans| async move {
+        loop {
+            let (path, from, end) = spans.next()?;
+            match read_span(&path, from, end).await {
+                Ok(bytes) if bytes.is_empty() => continue,
+                Ok(bytes) => {
+                    let read = bytes.len() as u64;
+                    // The rest of this span comes next.
+                    let rest: Vec<_> = std::iter::once((path, from + read, end)).chain(spans).collect();
+                    return Some((Ok(Bytes::from(bytes)), rest.into_iter()));
+                }
+                Err(e) => return Some((Err(e), Vec::new().into_iter())),
+            }
+        }
+    });
     if !request.follow {
-        return Ok(Box::pin(first));
+        return Ok(Box::pin(head));
     }
     struct Follow {
         paths: Vec<PathBuf>,
@@ -558,8 +587,8 @@ pub async fn file_logs(
             let mut out = Vec::new();
             for (path, offset) in st.paths.iter().zip(st.offsets.iter_mut()) {
                 match read_from(path, *offset).await {
-                    Ok(bytes) => {
-                        *offset += bytes.len() as u64;
+                    Ok((start, bytes)) => {
+                        *offset = start + bytes.len() as u64;
                         out.extend_from_slice(&bytes);
                     }
                     Err(e) => return Some((Err(e), st)),
@@ -575,37 +604,41 @@ pub async fn file_logs(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    Ok(Box::pin(futures::StreamExt::chain(first, rest)))
+    Ok(Box::pin(futures::StreamExt::chain(head, rest)))
 }
 
-/// The last `tail` bytes of `path` (all without `tail`) and its length. A
-/// missing file reads as empty.
-async fn read_tail(path: &Path, tail: Option<u64>) -> Result<(Vec<u8>, u64), RuntimeError> {
-    let io = |source| RuntimeError::Io { path: path.to_path_buf(), source };
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(io(e)),
-    };
-    let len = file.metadata().await.map_err(io)?.len();
-    let from = tail.map_or(0, |t| len.saturating_sub(t));
-    file.seek(std::io::SeekFrom::Start(from)).await.map_err(io)?;
-    let mut buf = Vec::with_capacity((len - from) as usize);
-    file.take(len - from).read_to_end(&mut buf).await.map_err(io)?;
-    Ok((buf, len))
-}
-
-/// Everything past `offset` (bounded per read so one poll stays small).
-async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+/// Bytes `from..end` of `path`, at most 1 MiB of them; empty when the
+/// file is missing or (cut meanwhile) shorter.
+async fn read_span(path: &Path, from: u64, end: u64) -> std::io::Result<Vec<u8>> {
+    if from >= end {
+        return Ok(Vec::new());
+    }
     let mut file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    file.seek(std::io::SeekFrom::Start(from)).await?;
+    let mut buf = Vec::new();
+    file.take((end - from).min(1 << 20)).read_to_end(&mut buf).await?;
+    Ok(buf)
+}
+
+/// What was appended past `offset` (at most 1 MiB per read, so one poll
+/// stays small), with the offset it starts at: 0 when the file is now
+/// shorter than `offset`, that is, rotation cut it.
+async fn read_from(path: &Path, offset: u64) -> std::io::Result<(u64, Vec<u8>)> {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((offset, Vec::new())),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata().await?.len();
+    let start = if len < offset { 0 } else { offset };
+    file.seek(std::io::SeekFrom::Start(start)).await?;
     let mut buf = Vec::new();
     file.take(1 << 20).read_to_end(&mut buf).await?;
-    Ok(buf)
+    Ok((start, buf))
 }
 
 #[cfg(test)]
@@ -622,6 +655,39 @@ mod tests {
         let me = read_stat(std::process::id() as i32).unwrap();
         assert!(me.state.is_ascii_uppercase(), "{me:?}");
         assert!(me.start_ticks > 0);
+    }
+
+    #[tokio::test]
+    async fn logs_stream_in_chunks_and_follow_across_a_rotation() {
+        use futures::StreamExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (out, err) = (dir.path().join("stdout.log"), dir.path().join("stderr.log"));
+        std::fs::write(&out, vec![b'x'; 3 << 20]).unwrap();
+        std::fs::write(&err, b"oops\n").unwrap();
+        // All of it, without following: in chunks of at most 1 MiB.
+        let request = LogRequest { follow: false, tail: None };
+        let mut stream = file_logs(&[out.clone(), err.clone()], request, Box::new(|| false)).await.unwrap();
+        let mut chunks = Vec::new();
+        while let Some(c) = stream.next().await {
+            chunks.push(c.unwrap());
+        }
+        assert!(
+            chunks.iter().all(|c| c.len() <= 1 << 20),
+            "{:?}",
+            chunks.iter().map(|c| c.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), (3 << 20) + 5);
+        assert_eq!(&chunks.last().unwrap()[..], b"oops\n");
+        // Following: a log cut by rotation is read again from its start.
+        let request = LogRequest { follow: true, tail: Some(4) };
+        let mut stream = file_logs(&[out.clone(), err.clone()], request, Box::new(|| true)).await.unwrap();
+        assert_eq!(&stream.next().await.unwrap().unwrap()[..], b"xxxx");
+        assert_eq!(&stream.next().await.unwrap().unwrap()[..], b"ops\n");
+        std::fs::OpenOptions::new().write(true).open(&out).unwrap().set_len(0).unwrap();
+        std::fs::write(&out, b"after the cut\n").unwrap();
+        let next =
+            tokio::time::timeout(Duration::from_secs(30), stream.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(&next[..], b"after the cut\n");
     }
 
     #[test]

@@ -247,6 +247,17 @@ impl WorkloadSpec {
             if self.ports[..i].iter().any(|q| q.name == p.name) {
                 return Err(err(format!("ports[{i}].name"), format!("{:?} is used twice", p.name)));
             }
+            if let Some(q) = self.ports[..i].iter().find(|q| q.env_name() == p.env_name()) {
+                return Err(err(
+                    format!("ports[{i}].name"),
+                    format!(
+                        "{:?} and {:?} would both be {}; names must differ beyond case, '-' and '.'",
+                        q.name,
+                        p.name,
+                        p.env_name()
+                    ),
+                ));
+            }
         }
         if !(1..=MAX_REPLICAS).contains(&self.replicas) {
             return Err(err("replicas", format!("must be 1-{MAX_REPLICAS} (use `gantryctl stop` for 0)")));

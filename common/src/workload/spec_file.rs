@@ -403,6 +403,13 @@ max_backoff_s = 30
 "#;
 
     #[test]
+    fn port_names_that_would_share_a_variable_are_refused() {
+        let spec = "name = \"w\"\ncommand = \"/bin/true\"\n[[ports]]\nname = \"a-b\"\nport = 80\n[[ports]]\nname = \"a_b\"\nport = 81\n";
+        let e = parse_workload_toml(spec).unwrap_err().to_string();
+        assert!(e.starts_with("ports[1].name: \"a-b\" and \"a_b\" would both be GANTRY_PORT_A_B"), "{e}");
+    }
+
+    #[test]
     fn too_many_bytes_of_args_and_env_blame_the_larger() {
         // 34 values of 4,000 bytes: each within its own limit, too many together.
         let v = "x".repeat(4000);

@@ -97,7 +97,7 @@ pub fn prepare(
             advertise_address: "127.0.0.1".to_string(),
             docker_socket: docker_socket.to_string(),
             workload_user: workload_user(),
-            workload_uids: workload_uids(),
+            workload_uids: workload_uids(i),
             tls: files,
         };
         private(&home, 0o711)?;
@@ -150,10 +150,13 @@ struct AgentFile {
 /// root (as an agent does in production), else the user running it (an
 /// unprivileged agent cannot switch users).
 /// Per-allocation uids need root (to switch to them); without it every
-/// workload runs as the user running the dev cluster.
-fn workload_uids() -> String {
+/// workload runs as the user running the dev cluster. Agents on one host
+/// need ranges of their own, or replicas on two nodes would share a uid:
+/// agent `i` (from 1) gets 10,000 uids from `1900000000 + (i - 1) * 10000`.
+fn workload_uids(i: u32) -> String {
     if nix::unistd::geteuid().is_root() {
-        "200000-265535".into()
+        let first = 1_900_000_000 + (i - 1) * 10_000;
+        format!("{first}-{}", first + 9_999)
     } else {
         String::new()
     }
@@ -177,8 +180,17 @@ fn private(dir: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 fn write_toml<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let text = toml::to_string_pretty(value).context("encoding a config")?;
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A free loopback UDP port: bound, read, released. Another process could

@@ -1,6 +1,5 @@
 //! Starting and stopping the dev cluster's processes.
 
-use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,7 +27,12 @@ pub fn spawn(bin_dir: &Path, plan: &ProcessPlan) -> anyhow::Result<Running> {
         Role::Coordinator => "gantry-coordinator",
         _ => "gantry-agent",
     });
-    let log = File::create(&plan.log).with_context(|| format!("creating {}", plan.log.display()))?;
+    // Private: an agent's log names every allocation and pid on its node.
+    let log = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&plan.log)
+    }
+    .with_context(|| format!("creating {}", plan.log.display()))?;
     let err = log.try_clone().context("duplicating the log file handle")?;
     let child = Command::new(&bin)
         .arg("--config")

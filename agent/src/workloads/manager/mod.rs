@@ -63,7 +63,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait for one runtime status answer in a tick.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often running process workloads' log sizes are checked.
-const LOG_CHECK: Duration = Duration::from_secs(1);
+const LOG_CHECK: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
@@ -77,6 +77,8 @@ pub struct ManagerConfig {
 pub enum ManagerError {
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("{}: {source}", path.display())]
+    AllocsDir { path: PathBuf, source: std::io::Error },
 }
 
 /// The desired set in force, whether it is a coordinator's (authoritative),
@@ -127,6 +129,15 @@ impl Manager {
         link: ManagerSide,
     ) -> Result<Manager, ManagerError> {
         let state = StateFile::load(&cfg.data_dir)?;
+        // Workloads pass through to their own directories; none may list the others.
+        let allocs = cfg.data_dir.join("allocs");
+        let private = std::fs::create_dir_all(&allocs).and_then(|()| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&allocs, std::fs::Permissions::from_mode(0o711))
+        });
+        if let Err(source) = private {
+            return Err(ManagerError::AllocsDir { path: allocs, source });
+        }
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let logs = Logs {
             index: Arc::new(Mutex::new(BTreeMap::new())),
