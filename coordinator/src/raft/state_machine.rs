@@ -17,6 +17,7 @@
 //! A snapshot is the same encoding as the persisted state machine: the
 //! [`gantry_common::schema`] encoding of (last applied, last membership, [`State`]).
 
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -42,6 +43,11 @@ pub struct StateReader {
     applied: Arc<RwLock<Applied>>,
     /// Last applied log index (0 before anything is applied).
     changed: Arc<watch::Sender<u64>>,
+    /// Per watched node, its `alloc_revision` (`u64::MAX`: not registered),
+    /// sent only when an applied batch changed it, so an allocation stream
+    /// wakes for its own node and not for every write. A std `Mutex`:
+    /// nothing awaits under it.
+    node_watches: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
 }
 
 impl StateReader {
@@ -73,8 +79,28 @@ impl StateReader {
         self.applied.write().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A receiver of `node`'s `alloc_revision`, updated when it changes.
+    pub fn watch_node(&self, node: &str) -> watch::Receiver<u64> {
+        // Read first, lock the watches after: `notify` takes them in the
+        // other order, under a read lock a queued writer could block.
+        let revision = self.read(|s| s.nodes.get(node).map_or(u64::MAX, |n| n.alloc_revision));
+        let mut watches = self.node_watches.lock().unwrap_or_else(PoisonError::into_inner);
+        watches.entry(node.to_string()).or_insert_with(|| watch::channel(revision).0).subscribe()
+    }
+
     fn notify(&self, last_applied: Option<LogId<NodeId>>) {
         self.changed.send_replace(last_applied.map_or(0, |l| l.index));
+        let applied = self.lock_read();
+        let mut watches = self.node_watches.lock().unwrap_or_else(PoisonError::into_inner);
+        // O(watched nodes) per batch; watches nobody holds any more go.
+        watches.retain(|node, tx| {
+            if tx.receiver_count() == 0 {
+                return false;
+            }
+            let revision = applied.state.nodes.get(node).map_or(u64::MAX, |n| n.alloc_revision);
+            tx.send_if_modified(|current| std::mem::replace(current, revision) != revision);
+            true
+        });
     }
 }
 
@@ -125,7 +151,11 @@ impl StateMachineStore {
         };
         let saved_index = applied.last_applied.map(|l| l.index);
         let (changed, _) = watch::channel(applied.last_applied.map_or(0, |l| l.index));
-        let reader = StateReader { applied: Arc::new(RwLock::new(applied)), changed: Arc::new(changed) };
+        let reader = StateReader {
+            applied: Arc::new(RwLock::new(applied)),
+            changed: Arc::new(changed),
+            node_watches: Arc::default(),
+        };
         Ok(Self {
             db,
             reader,
@@ -480,6 +510,41 @@ mod tests {
         let on_disk: Applied = decode("machine", &bytes).unwrap();
         assert_eq!(on_disk.state, reader.read(State::clone));
         assert_eq!(on_disk.last_applied, Some(log_id(4)));
+    }
+
+    /// An applied batch wakes the allocation streams of the nodes it
+    /// changed, and only those.
+    #[tokio::test]
+    async fn only_the_nodes_a_batch_changed_are_woken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(&dir.path().join("raft.redb"));
+        sm.apply([register(1, "n1"), membership(2), register(3, "n2")]).await.unwrap();
+        let reader = sm.reader();
+        let (mut n1, mut n2, mut ghost) =
+            (reader.watch_node("n1"), reader.watch_node("n2"), reader.watch_node("n9"));
+        for w in [&mut n1, &mut n2, &mut ghost] {
+            w.borrow_and_update();
+        }
+        let down = Entry {
+            log_id: log_id(4),
+            payload: EntryPayload::Normal(Command::SetNodeStatus {
+                node: "n1".into(),
+                status: NodeStatus::Down,
+            }),
+        };
+        sm.apply([down]).await.unwrap();
+        assert!(n1.has_changed().unwrap(), "n1's desired set changed");
+        assert_eq!(*n1.borrow_and_update(), reader.read(|s| s.nodes["n1"].alloc_revision));
+        assert!(!n2.has_changed().unwrap(), "n2 is not woken by n1's change");
+        assert_eq!(*ghost.borrow_and_update(), u64::MAX, "an unregistered node reads as such");
+        assert!(!ghost.has_changed().unwrap());
+        // Another batch that changes nothing for n1 does not wake it again.
+        sm.apply([register(5, "n3")]).await.unwrap();
+        assert!(!n1.has_changed().unwrap());
+        // Watches nobody holds are dropped at the next batch.
+        drop(ghost);
+        sm.apply([register(6, "n4")]).await.unwrap();
+        assert!(!reader.node_watches.lock().unwrap().contains_key("n9"));
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! A node's desired set, streamed to its agent.
 //!
 //! ```text
-//!   WatchDesired { index } ──► wait until the node's alloc_revision != index (or the wait ends)
+//!   WatchDesired { index } ──► wait until the node's alloc_revision != index (or the wait ends;
+//!                              woken only by this node's changes and by leadership changes)
 //!                          ──► Desired { index, specs, allocs } + DesiredChunk… (each ≈ 1 MiB)
 //!                           or DesiredUnchanged { index }
 //! ```
@@ -38,9 +39,13 @@ impl Service {
     /// Waits (up to `wait`) until `node`'s desired set differs from `index`.
     pub async fn watch_desired(&self, node: &str, index: u64, wait: Duration) -> DesiredAnswer {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WATCH);
-        let mut changes = self.state.subscribe();
+        // Woken when this node's set changes, or when leadership does; not by
+        // every other write.
+        let mut changes = self.state.watch_node(node);
+        let mut leadership = self.raft.server_metrics();
         loop {
             changes.borrow_and_update();
+            leadership.borrow_and_update();
             let Some(revision) = self.state.read(|s| s.nodes.get(node).map(|n| n.alloc_revision)) else {
                 return DesiredAnswer::Other(AgentResponse::UnknownNode);
             };
@@ -53,6 +58,9 @@ impl Service {
             }
             tokio::select! {
                 r = changes.changed() => if r.is_err() {
+                    return DesiredAnswer::Other(AgentResponse::Refused { reason: "coordinator stopping".into() });
+                },
+                r = leadership.changed() => if r.is_err() {
                     return DesiredAnswer::Other(AgentResponse::Refused { reason: "coordinator stopping".into() });
                 },
                 _ = tokio::time::sleep_until(deadline) => return DesiredAnswer::Unchanged { index: revision },
