@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use gantry_common::model::GpuTelemetry;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::plan::{cluster_telemetry, plan};
+use super::plan::{all_settled, cluster_telemetry, plan, Round};
 use crate::service::Service;
 use crate::state::{Command, CommandResponse};
 
@@ -33,11 +34,28 @@ pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
         }
         round += 1;
         let started = Instant::now();
-        let planned = {
-            let telemetry = service.telemetry.lock();
-            let samples =
-                cluster_telemetry(telemetry.samples.iter().map(|(n, s)| (n.as_str(), s.gpus.as_slice())));
-            service.state.read(|s| plan(s, &samples, &config, round))
+        // On the blocking pool: a round over thousands of nodes must not hold
+        // up an async worker. The telemetry is copied out first (only when
+        // there is something to plan), so heartbeats never wait for a round.
+        let (svc, cfg) = (service.clone(), config.clone());
+        let planned = tokio::task::spawn_blocking(move || {
+            if svc.state.read(all_settled) {
+                return Round::default();
+            }
+            let copied: Vec<(String, Vec<GpuTelemetry>)> = {
+                let telemetry = svc.telemetry.lock();
+                telemetry.samples.iter().map(|(n, s)| (n.clone(), s.gpus.clone())).collect()
+            };
+            let samples = cluster_telemetry(copied.iter().map(|(n, g)| (n.as_str(), g.as_slice())));
+            svc.state.read(|s| plan(s, &samples, &cfg, round))
+        })
+        .await;
+        let planned = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("planning round {round} did not finish: {e}");
+                continue;
+            }
         };
         if let Some(excluded) = planned.excluded {
             let now: BTreeMap<String, String> = excluded.into_iter().map(|e| (e.name, e.reason)).collect();

@@ -97,7 +97,7 @@ pub fn plan(state: &State, telemetry: &ClusterTelemetry<'_>, config: &EngineConf
 /// Whether no workload needs a decision: each has exactly its replicas,
 /// running its current version on nodes that are not drained, and no
 /// pending reason to clear or set.
-fn all_settled(state: &State) -> bool {
+pub fn all_settled(state: &State) -> bool {
     let mut running: BTreeMap<&str, Vec<&Allocation>> = BTreeMap::new();
     for a in state.allocs.values().filter(|a| a.fills_slot()) {
         running.entry(a.workload.as_str()).or_default().push(a);
