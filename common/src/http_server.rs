@@ -164,6 +164,20 @@ mod tests {
 
     use super::*;
 
+    /// Serves `ok` at `/` on `listener` with `limits`; the sender stops it when dropped.
+    fn serve_ok<L: Listener>(listener: L, limits: Limits) -> watch::Sender<bool> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(serve(listener, Router::new().route("/", get(|| async { "ok" })), limits, stop_rx));
+        stop_tx
+    }
+
+    /// A loopback TCP listener serving `ok` with `limits`.
+    async fn tcp_ok(limits: Limits) -> (std::net::SocketAddr, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (addr, serve_ok(listener, limits))
+    }
+
     async fn answer(stream: &mut TcpStream) -> String {
         let mut out = String::new();
         let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut out)).await;
@@ -172,16 +186,13 @@ mod tests {
 
     #[tokio::test]
     async fn connections_over_the_limit_are_refused_and_idle_ones_are_closed() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (_stop_tx, stop_rx) = watch::channel(false);
         let limits = Limits {
             name: "test listener",
             connections: 2,
             header_timeout: Duration::from_millis(300),
             max_buf: 8192,
         };
-        tokio::spawn(serve(listener, Router::new().route("/", get(|| async { "ok" })), limits, stop_rx));
+        let (addr, _stop) = tcp_ok(limits).await;
 
         // Two connections that never send a request hold both permits.
         let mut idle = vec![TcpStream::connect(addr).await.unwrap(), TcpStream::connect(addr).await.unwrap()];
@@ -211,9 +222,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        let (_stop_tx, stop_rx) = watch::channel(false);
-        let limits = Limits { name: "admin socket", connections: 0, ..Limits::default() };
-        tokio::spawn(serve(listener, Router::new().route("/", get(|| async { "ok" })), limits, stop_rx));
+        let _stop = serve_ok(listener, Limits { name: "admin socket", connections: 0, ..Limits::default() });
         let mut late = tokio::net::UnixStream::connect(&path).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let request = format!("GET / HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n", "a".repeat(6000));
@@ -226,16 +235,13 @@ mod tests {
 
     #[tokio::test]
     async fn headers_larger_than_the_buffer_are_refused() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (_stop_tx, stop_rx) = watch::channel(false);
         let limits = Limits {
             name: "test listener",
             connections: 2,
             header_timeout: Duration::from_secs(5),
             max_buf: 8192,
         };
-        tokio::spawn(serve(listener, Router::new().route("/", get(|| async { "ok" })), limits, stop_rx));
+        let (addr, _stop) = tcp_ok(limits).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         let big = "a".repeat(64 * 1024);
         let _ = s.write_all(format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n").as_bytes()).await;

@@ -10,14 +10,9 @@
 set -euo pipefail
 bin=${1:?usage: admin-writes.sh BIN_DIR [N]}
 n=${2:-2000}
-dir=$(mktemp -d /tmp/gantry-writes-XXXX)
-PATH="$bin:$PATH" "$bin/gantryctl" dev --dir "$dir/c" --coordinators 1 --agents 1 --runtime process >"$dir/dev.log" 2>&1 &
-dev=$!
-trap 'kill -TERM $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 1 600); do grep -q "cluster ready" "$dir/dev.log" 2>/dev/null && break; sleep 0.2; done
-grep -q "cluster ready" "$dir/dev.log" || { cat "$dir/dev.log"; exit 1; }
-sock="$dir/c/coordinator-1/admin.sock"
-pid=$(python3 -c "import json;print([p['pid'] for p in json.load(open('$dir/c/cluster.json'))['processes'] if p['role']=='coordinator'][0])")
+. "$(dirname "$0")/dev-cluster.sh"
+start_dev "$bin" gantry-writes
+pid=$(pid_of coordinator)
 python3 - "$sock" "$pid" "$n" <<'EOF'
 import http.client, json, socket, statistics, sys, threading, time
 sock, pid, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -9,14 +9,9 @@
 set -euo pipefail
 bin=${1:?usage: logs-memory.sh BIN_DIR [BYTES]}
 bytes=${2:-60000000}
-dir=$(mktemp -d /tmp/gantry-logs-XXXX)
-PATH="$bin:$PATH" "$bin/gantryctl" dev --dir "$dir/c" --coordinators 1 --agents 1 --runtime process >"$dir/dev.log" 2>&1 &
-dev=$!
-trap 'kill -TERM $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 1 600); do grep -q "cluster ready" "$dir/dev.log" 2>/dev/null && break; sleep 0.2; done
-grep -q "cluster ready" "$dir/dev.log" || { cat "$dir/dev.log"; exit 1; }
-sock="$dir/c/coordinator-1/admin.sock"
-agent=$(python3 -c "import json;print([p['pid'] for p in json.load(open('$dir/c/cluster.json'))['processes'] if p['role']=='agent'][0])")
+. "$(dirname "$0")/dev-cluster.sh"
+start_dev "$bin" gantry-logs
+agent=$(pid_of agent)
 cat >"$dir/w.toml" <<T
 name = "big"
 command = "/bin/sh"
