@@ -214,7 +214,7 @@ async fn health_checks_drive_health_and_restarts() {
     let toml = format!(
         "name = \"infer\"\ncommand = {:?}\n[[ports]]\nname = \"http\"\nport = 8080\n\
          [health]\npath = \"/health\"\nport = \"http\"\ninterval_s = 0.2\ntimeout_s = 0.2\nfailures = 2\n",
-        infer.display().to_string()
+        common::reachable_copy(&infer).display().to_string()
     );
     let good = desired("infer.0.1", parse_workload_toml(&toml).unwrap(), Vec::new(), DesiredState::Run);
     // The same server probed on a path it answers 404: unhealthy, then restarted.

@@ -280,3 +280,33 @@ pub fn ctl<T: DeserializeOwned>(socket: &Path, args: &[&str]) -> anyhow::Result<
     }
     serde_json::from_slice(&out.stdout).with_context(|| format!("gantryctl {args:?} printed no JSON"))
 }
+
+/// `path` copied where any user can run it. Workloads run unprivileged (as
+/// `nobody` or a uid of their own), and a checkout under a private
+/// directory (`mktemp -d`, a 0700 home) is out of their reach. The copy is
+/// `/tmp/gantry-test-bins-UID/<size>-<mtime>/<name>`, made once and reused.
+/// Panics on failure: a test helper, the failure is the test's.
+#[allow(clippy::unwrap_used)]
+pub fn reachable_copy(path: &Path) -> PathBuf {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let root = std::env::temp_dir().join(format!("gantry-test-bins-{}", nix::unistd::geteuid()));
+    let dir = root.join(format!("{}-{}", meta.len(), meta.mtime()));
+    let name = path.file_name().unwrap_or_default();
+    let copy = dir.join(name);
+    if !copy.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        // Several tests may copy at once: each writes its own file, the rename wins.
+        let part = dir.join(format!(".{}.{}", name.to_string_lossy(), std::process::id()));
+        std::fs::copy(path, &part).unwrap();
+        std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&part, &copy).unwrap();
+    }
+    for d in [&root, &dir] {
+        // Ours, and only ours to write: nobody else may swap the binary.
+        let m = std::fs::metadata(d).unwrap();
+        assert_eq!(m.uid(), nix::unistd::geteuid().as_raw(), "{} is not ours", d.display());
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    copy
+}

@@ -17,7 +17,7 @@ pub fn infer_workload(name: &str, runtime: &str, replicas: u32, gpu: &str) -> St
     let target = if runtime == "docker" {
         "image = \"gantry-infer:dev\"".to_string()
     } else {
-        format!("command = {:?}", crate::bin("gantry-infer").display().to_string())
+        format!("command = {:?}", crate::reachable_copy(&crate::bin("gantry-infer")).display().to_string())
     };
     format!(
         "name = \"{name}\"\n{target}\nreplicas = {replicas}\nstop_grace_s = 2\n\

@@ -93,11 +93,19 @@ impl Running {
         what: &str,
         pred: impl Fn(&AllocReport) -> bool,
     ) -> AllocReport {
-        let limit = Duration::from_secs(30);
-        wait_for(&format!("{id}: {what} (last {:?})", self.report(id)), limit, || {
-            self.report(id).filter(|r| pred(r))
-        })
-        .await
+        let start = Instant::now();
+        loop {
+            let last = self.report(id);
+            if let Some(r) = last.as_ref().filter(|r| pred(r)) {
+                return r.clone();
+            }
+            // The report as it stands when the wait gives up, not as it began.
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "timed out waiting for {id}: {what} (last {last:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Stops the manager as the agent's shutdown does.
@@ -119,4 +127,32 @@ pub fn pid_in_state(data_dir: &Path, id: &str) -> Option<i64> {
     let text = std::fs::read_to_string(data_dir.join("allocs.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["records"][id]["handle"]["process"]["pid"].as_i64()
+}
+
+/// `path` copied where any user can run it. Workloads run unprivileged (as
+/// `nobody` or a uid of their own), and a checkout under a private
+/// directory (`mktemp -d`, a 0700 home) is out of their reach. The copy is
+/// `/tmp/gantry-test-bins-UID/<size>-<mtime>/<name>`, made once and reused.
+pub fn reachable_copy(path: &Path) -> PathBuf {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let root = std::env::temp_dir().join(format!("gantry-test-bins-{}", nix::unistd::geteuid()));
+    let dir = root.join(format!("{}-{}", meta.len(), meta.mtime()));
+    let name = path.file_name().unwrap_or_default();
+    let copy = dir.join(name);
+    if !copy.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        // Several tests may copy at once: each writes its own file, the rename wins.
+        let part = dir.join(format!(".{}.{}", name.to_string_lossy(), std::process::id()));
+        std::fs::copy(path, &part).unwrap();
+        std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&part, &copy).unwrap();
+    }
+    for d in [&root, &dir] {
+        // Ours, and only ours to write: nobody else may swap the binary.
+        let m = std::fs::metadata(d).unwrap();
+        assert_eq!(m.uid(), nix::unistd::geteuid().as_raw(), "{} is not ours", d.display());
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    copy
 }
