@@ -57,7 +57,16 @@ pub enum ApiRequest {
         node: String,
         drain: bool,
     },
+    /// Creates or updates several workloads at once (protocol 3): all are
+    /// validated first and one invalid spec changes nothing. One Raft entry
+    /// when every coordinator speaks version 3, else one per workload.
+    SubmitWorkloads {
+        specs: Vec<WorkloadSpec>,
+    },
 }
+
+/// Most workloads one batch may hold.
+pub const MAX_BATCH: usize = 10_000;
 
 impl ApiRequest {
     /// Whether the request changes replicated state (and so must reach the leader).
@@ -68,6 +77,7 @@ impl ApiRequest {
                 | ApiRequest::AddMember { .. }
                 | ApiRequest::RemoveMember { .. }
                 | ApiRequest::SubmitWorkload { .. }
+                | ApiRequest::SubmitWorkloads { .. }
                 | ApiRequest::StopWorkload { .. }
                 | ApiRequest::DrainNode { .. }
         )
@@ -84,6 +94,8 @@ pub enum ApiResponse {
         log_index: u64,
     },
     Submitted(SubmitResult),
+    /// A batch's results, in the order of its specs (protocol 3).
+    SubmittedBatch(Vec<SubmitResult>),
     Workloads(Vec<WorkloadView>),
     Workload(Box<WorkloadDetail>),
     Allocs(Vec<AllocView>),
@@ -197,6 +209,11 @@ pub struct MemberView {
     /// true for itself).
     #[serde(default = "yes")]
     pub reachable: bool,
+    /// The wire protocol version the answering coordinator speaks with it
+    /// (its own highest for itself; `None`: not connected). During a
+    /// rolling upgrade, batches are one Raft entry once every member says 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
 }
 
 fn yes() -> bool {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::wire::frame::{read_hello_frame, write_hello_frame};
-use crate::wire::{read_frame, write_frame, FrameError, Hello, HelloReply, PROTOCOL_VERSION};
+use crate::wire::frame::{read_frame_bytes, read_hello_frame, write_hello_frame};
+use crate::wire::{negotiate, read_frame, write_frame, FrameError, Hello, HelloReply, PROTOCOL_VERSION};
 
 /// Largest hello frame either side accepts.
 const MAX_HELLO: usize = 64 * 1024;
@@ -50,6 +50,20 @@ pub async fn connect(
     software: &str,
     timeout: Duration,
 ) -> Result<(quinn::Connection, HelloReply), RpcError> {
+    connect_capped(endpoint, config, addr, server_name, software, PROTOCOL_VERSION, timeout).await
+}
+
+/// [`connect`], offering protocol versions up to `max` only. The reply's
+/// [`HelloReply::version`] is the version the connection speaks.
+pub async fn connect_capped(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: &str,
+    server_name: &str,
+    software: &str,
+    max: u32,
+    timeout: Duration,
+) -> Result<(quinn::Connection, HelloReply), RpcError> {
     let unreachable = |reason: String| RpcError::Unreachable { addr: addr.to_string(), reason };
     let sock: SocketAddr = addr.parse().map_err(|_| unreachable("not an IP:PORT address".into()))?;
     let connecting =
@@ -59,7 +73,7 @@ pub async fn connect(
         Ok(Err(e)) => return Err(classify_connection_error(addr, e)),
         Ok(Ok(conn)) => conn,
     };
-    let reply = send_hello(&conn, addr, &Hello::current(software), timeout).await?;
+    let reply = send_hello(&conn, addr, &Hello::current(software, max), timeout).await?;
     if let HelloReply::VersionMismatch { ours, theirs, software } = &reply {
         conn.close(0u32.into(), b"protocol version mismatch");
         // From our side: we speak `theirs` (what we sent), the peer speaks `ours`.
@@ -159,36 +173,44 @@ pub async fn send_hello(
         .unwrap_or_else(|_| Err(RpcError::Timeout { addr: addr.to_string(), after: timeout }))
 }
 
-/// Server side of the first stream: reads the peer's [`Hello`] and answers it.
-/// Returns `Ok(true)` when the versions match.
+/// Server side of the first stream: reads the peer's [`Hello`] and answers
+/// it. Returns the version agreed, `None` when the versions do not meet.
+/// `max` caps the versions offered (see [`Hello::current`]).
 pub async fn answer_hello(
     conn: &quinn::Connection,
     coordinator_id: u64,
     software: &str,
+    max: u32,
     timeout: Duration,
-) -> Result<bool, RpcError> {
+) -> Result<Option<u32>, RpcError> {
     let addr = conn.remote_address().to_string();
     let work = async {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| classify_connection_error(&addr, e))?;
-        let hello: Hello = read_hello_frame(&mut recv, MAX_HELLO)
+        let frame = |source| RpcError::Frame { addr: addr.clone(), source };
+        let bytes = read_frame_bytes(&mut recv, MAX_HELLO)
             .await
-            .map_err(|source| RpcError::Frame { addr: addr.clone(), source })?
+            .map_err(frame)?
             .ok_or_else(|| RpcError::Stream { addr: addr.clone(), reason: "no hello".into() })?;
-        let ok = hello.protocol_version == PROTOCOL_VERSION;
-        let reply = if ok {
-            HelloReply::Ok { coordinator_id, software: software.to_string() }
-        } else {
-            HelloReply::VersionMismatch {
-                ours: PROTOCOL_VERSION,
-                theirs: hello.protocol_version,
-                software: software.to_string(),
+        let hello = Hello::decode(&bytes).map_err(|e| frame(FrameError::Hello(e)))?;
+        let ours = Hello::current(software, max);
+        let agreed = negotiate(
+            (ours.protocol_version, ours.max_protocol_version),
+            (hello.protocol_version, hello.max_protocol_version),
+        );
+        let reply = match agreed {
+            Some(version) if hello.sends_range() => {
+                HelloReply::Agreed { coordinator_id, software: software.to_string(), version }
             }
+            Some(_) => HelloReply::Ok { coordinator_id, software: software.to_string() },
+            None => HelloReply::VersionMismatch {
+                ours: ours.max_protocol_version,
+                theirs: hello.max_protocol_version,
+                software: software.to_string(),
+            },
         };
-        write_hello_frame(&mut send, &reply, MAX_HELLO)
-            .await
-            .map_err(|source| RpcError::Frame { addr: addr.clone(), source })?;
+        write_hello_frame(&mut send, &reply, MAX_HELLO).await.map_err(frame)?;
         let _ = send.finish();
-        Ok(ok)
+        Ok(agreed)
     };
     tokio::time::timeout(timeout, work)
         .await

@@ -135,6 +135,7 @@ fn views() -> (NodeView, GpuView, WorkloadView, AllocView, ClusterStatus) {
             term: 7,
             commit_index: None,
             reachable: false,
+            protocol: None,
         }],
         stale: Some(Staleness {
             answered_by: 2,
@@ -215,6 +216,8 @@ fn api_messages_keep_their_bytes() {
         ("api_add_member", ApiRequest::AddMember { id: 4, addr: "10.0.0.4:7400".into() }),
         ("api_remove_member", ApiRequest::RemoveMember { id: 2 }),
         ("api_submit_workload", ApiRequest::SubmitWorkload { spec: Box::new(samples::spec()) }),
+        // Protocol 3.
+        ("api_submit_workloads", ApiRequest::SubmitWorkloads { specs: vec![samples::spec()] }),
         ("api_workloads", ApiRequest::Workloads),
         ("api_workload", ApiRequest::Workload { name: "llm".into() }),
         ("api_allocs", ApiRequest::Allocs { workload: Some("llm".into()) }),
@@ -238,6 +241,15 @@ fn api_messages_keep_their_bytes() {
                 changed: true,
                 log_index: 77,
             }),
+        ),
+        (
+            "reply_submitted_batch",
+            ApiResponse::SubmittedBatch(vec![SubmitResult {
+                workload: "llm".into(),
+                version: 3,
+                changed: false,
+                log_index: 78,
+            }]),
         ),
         ("reply_workloads", ApiResponse::Workloads(vec![workload.clone()])),
         (
@@ -281,16 +293,31 @@ fn placement_types_inside_stored_values_keep_their_bytes() {
 /// pinned as postcard.
 #[test]
 fn hello_frames_are_postcard_forever() {
-    let hello = Hello { protocol_version: 1, software: "gantry-agent 0.1.0".into() };
+    // Version 2's hello: {protocol_version, software}.
+    #[derive(serde::Serialize)]
+    struct HelloV2 {
+        protocol_version: u32,
+        software: String,
+    }
+    let v2 = HelloV2 { protocol_version: 1, software: "gantry-agent 0.1.0".into() };
     assert_eq!(
-        gantry_common::schema::to_hex(&postcard::to_allocvec(&hello).unwrap()),
+        gantry_common::schema::to_hex(&postcard::to_allocvec(&v2).unwrap()),
         "011267616e7472792d6167656e7420302e312e30"
+    );
+    // Version 3 appends the highest version spoken; the two fields before
+    // it are version 2's, so a version-2 coordinator reads "2".
+    let v3 = Hello::current("gantry-agent 0.1.0", 3);
+    assert_eq!(
+        gantry_common::schema::to_hex(&postcard::to_allocvec(&v3).unwrap()),
+        "021267616e7472792d6167656e7420302e312e3003"
     );
     let reply =
         HelloReply::VersionMismatch { ours: 2, theirs: 1, software: "gantry-coordinator 0.1.0".into() };
     let bytes = postcard::to_allocvec(&reply).unwrap();
     assert_eq!(bytes[..3], [1, 2, 1], "variant 1, ours 2, theirs 1");
     assert_eq!(postcard::from_bytes::<HelloReply>(&bytes).unwrap(), reply);
+    let agreed = HelloReply::Agreed { coordinator_id: 7, software: "c".into(), version: 3 };
+    assert_eq!(postcard::to_allocvec(&agreed).unwrap(), [2, 7, 1, b'c', 3], "variant 2, appended");
 }
 
 /// Every committed golden is checked by a test above (none is forgotten).

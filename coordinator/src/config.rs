@@ -31,6 +31,10 @@ pub struct CoordinatorConfig {
     pub raft: RaftTuning,
     /// `tracing` filter, e.g. `info` or `gantry_coordinator=debug,info`.
     pub log_level: String,
+    /// Highest wire protocol version to speak. During a rolling upgrade the
+    /// cluster uses what every member speaks by itself; set this lower only
+    /// to keep a newer version's features off until you decide.
+    pub max_protocol_version: u32,
 }
 
 /// Raft timing. Defaults suit a LAN: failover in about a second.
@@ -82,6 +86,7 @@ impl Default for CoordinatorConfig {
             },
             raft: RaftTuning::default(),
             log_level: "info".to_string(),
+            max_protocol_version: gantry_common::wire::PROTOCOL_VERSION,
         }
     }
 }
@@ -111,6 +116,13 @@ impl CoordinatorConfig {
         }
         if self.node_down_after_secs == 0 {
             return Err(invalid("node_down_after_secs", "must be at least 1"));
+        }
+        let (min, max) = (gantry_common::wire::MIN_PROTOCOL_VERSION, gantry_common::wire::PROTOCOL_VERSION);
+        if !(min..=max).contains(&self.max_protocol_version) {
+            return Err(invalid(
+                "max_protocol_version",
+                format!("must be {min}-{max} (the versions this build speaks)"),
+            ));
         }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 {

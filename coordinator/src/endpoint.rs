@@ -74,9 +74,9 @@ async fn serve_connection(incoming: quinn::Incoming, service: Service) -> Result
         warn!(peer = %who, remote = %conn.remote_address(), "refused: {reason}");
         return Err(refuse(&conn, reason));
     }
-    match answer_hello(&conn, service.id, SOFTWARE, HELLO_TIMEOUT).await {
-        Ok(true) => {}
-        Ok(false) => {
+    match answer_hello(&conn, service.id, SOFTWARE, service.peers.max_protocol(), HELLO_TIMEOUT).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
             // Give the peer a moment to read the mismatch before the connection goes.
             let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
             return Err(refuse(&conn, "protocol version mismatch".into()));

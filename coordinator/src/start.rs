@@ -80,7 +80,7 @@ pub async fn run(
     let server_config = tls::server_config(&identity, &[ALPN_RAFT, ALPN_AGENT, ALPN_API])?;
     let endpoint = quinn::Endpoint::server(server_config, config.listen)
         .map_err(|e| StartError::Bind { addr: config.listen.to_string(), reason: e.to_string() })?;
-    let peers = PeerClient::new(endpoint.clone(), &identity)?;
+    let peers = PeerClient::new(endpoint.clone(), &identity)?.with_max_protocol(config.max_protocol_version);
 
     let raft_config = raft_config(&config)?;
     let raft = Raft::new(

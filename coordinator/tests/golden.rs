@@ -17,6 +17,7 @@ use gantry_common::model::NodeStatus;
 use gantry_common::schema::{check_golden, samples};
 use gantry_common::workload::NewAlloc;
 use gantry_coordinator::peer::messages::{PeerRequest, PeerResponse};
+use gantry_coordinator::raft::machine_tables::MachineMeta;
 use gantry_coordinator::raft::state_machine::Applied;
 use gantry_coordinator::raft::TypeConfig;
 use gantry_coordinator::state::{
@@ -81,13 +82,18 @@ fn commands() -> Vec<(&'static str, Command)> {
                 command: Box::new(Command::StopWorkload { name: "llm".into() }),
             },
         ),
+        // Protocol 3 (last: the log index is the position).
+        (
+            "command_submit_workloads",
+            Command::SubmitWorkloads { specs: vec![samples::spec(), samples::process_spec()] },
+        ),
     ]
 }
 
 fn state() -> State {
     let mut s = State {
-        nodes: BTreeMap::from([(
-            "gpu-01".into(),
+        nodes: [(
+            "gpu-01".to_string(),
             NodeRecord {
                 info: samples::node(),
                 status: NodeStatus::Ready,
@@ -96,17 +102,21 @@ fn state() -> State {
                 drained: false,
                 alloc_revision: 41,
             },
-        )]),
-        workloads: BTreeMap::from([(
-            "llm".into(),
+        )]
+        .into_iter()
+        .collect(),
+        workloads: [(
+            "llm".to_string(),
             WorkloadRecord {
                 spec: samples::spec(),
                 version: 3,
                 stopping: false,
                 pending_reason: Some("x".into()),
             },
-        )]),
-        allocs: BTreeMap::from([("llm.2.17".into(), samples::alloc())]),
+        )]
+        .into_iter()
+        .collect(),
+        allocs: [("llm.2.17".to_string(), samples::alloc())].into_iter().collect(),
         next_alloc: 17,
         revision: 42,
         ..State::default()
@@ -170,6 +180,26 @@ fn the_state_machine_record_keeps_its_bytes() {
     };
     check_golden(&dir(), "state_machine", &Wrapped(applied));
     check_golden(&dir(), "state", &state());
+    // Format 3 keeps each record in its own table row, and the rest in one meta row.
+    let s = state();
+    check_golden(&dir(), "sm_node", &s.nodes["gpu-01"]);
+    check_golden(&dir(), "sm_workload", &s.workloads["llm"]);
+    check_golden(&dir(), "sm_alloc", &s.allocs["llm.2.17"]);
+    check_golden(&dir(), "sm_write_key", &s.write_keys["k1"]);
+    let meta = MachineMeta {
+        last_applied: Some(log_id(42)),
+        last_membership: StoredMembership::new(
+            Some(log_id(2)),
+            Membership::new(
+                vec![BTreeSet::from([1])],
+                BTreeMap::from([(1, BasicNode::new("10.0.0.1:7400"))]),
+            ),
+        ),
+        next_alloc: 17,
+        revision: 42,
+        next_write_key: 1,
+    };
+    check_golden(&dir(), "sm_meta", &meta);
     let vote: Vote<u64> = Vote::new_committed(4, 2);
     check_golden(&dir(), "vote", &vote);
 }
@@ -188,6 +218,10 @@ fn command_responses_keep_their_bytes() {
         (
             "response_plan",
             CommandResponse::Plan { placed: vec!["llm.2.17".into()], refused: vec!["r".into()] },
+        ),
+        (
+            "response_batch",
+            CommandResponse::Batch(vec![CommandResponse::Workload { version: 3, changed: true }]),
         ),
         (
             "response_repeat",

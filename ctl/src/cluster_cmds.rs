@@ -19,7 +19,7 @@ pub async fn status(client: &AdminClient, local: bool, json: bool) -> anyhow::Re
     if json {
         print_json(&s)?;
     } else {
-        out!("{}", render(&["ID", "ADDRESS", "ROLE", "TERM", "COMMIT"], &member_rows(&s)));
+        out!("{}", render(&["ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "PROTOCOL"], &member_rows(&s)));
         if let Some(stale) = &s.stale {
             eprintln!("warning: {}", stale.line());
         }
@@ -42,7 +42,8 @@ pub fn member_rows(s: &ClusterStatus) -> Vec<Vec<String>> {
                 MemberRole::Learner => "learner",
             };
             let role = if m.reachable { role.to_string() } else { format!("{role} (unreachable)") };
-            vec![m.id.to_string(), m.address.clone(), role, m.term.to_string(), opt(m.commit_index)]
+            let protocol = m.protocol.map_or_else(|| "-".to_string(), |v| v.to_string());
+            vec![m.id.to_string(), m.address.clone(), role, m.term.to_string(), opt(m.commit_index), protocol]
         })
         .collect()
 }
@@ -278,6 +279,7 @@ mod tests {
                     term: 4,
                     commit_index: None,
                     reachable: reachable[i as usize],
+                    protocol: None,
                 })
                 .collect(),
             stale: None,

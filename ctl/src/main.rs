@@ -74,7 +74,7 @@ enum Cmd {
         #[arg(required = true)]
         changes: Vec<String>,
     },
-    /// Submit or update a workload from a TOML file.
+    /// Submit or update workloads from TOML files (several, or a directory: one request).
     ///
     /// The file is checked here first (errors name the field). The same spec
     /// again changes nothing; any change but the replica count makes a new
@@ -87,8 +87,12 @@ enum Cmd {
     /// GPU), crash-loops, fails for good, when the cluster has no room for
     /// it, or at --timeout.
     Run {
-        /// Workload file (TOML; see examples/ in the source tree).
-        file: PathBuf,
+        /// Workload files (TOML; see examples/ in the source tree), or
+        /// directories of them (every *.toml inside). Several workloads go
+        /// in one request: all are checked first, and one invalid file
+        /// submits nothing.
+        #[arg(required = true, value_name = "FILE|DIR")]
+        files: Vec<PathBuf>,
         /// Wait until every replica of this version is up.
         #[arg(long)]
         wait: bool,
@@ -235,10 +239,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cluster_cmds::add_member(&client, id, &addr, json).await
             }
             Cmd::Cluster(ClusterCmd::Remove { id }) => cluster_cmds::remove_member(&client, id, json).await,
-            Cmd::Run { file, wait, timeout, stable } => {
+            Cmd::Run { files, wait, timeout, stable } => {
                 let stable = Duration::try_from_secs_f64(stable)
                     .map_err(|_| anyhow::anyhow!("--stable: {stable} is not a number of seconds"))?;
-                workload_cmds::run(&client, &file, wait, Duration::from_secs(timeout), stable, json).await
+                workload_cmds::run_many(&client, &files, wait, Duration::from_secs(timeout), stable, json)
+                    .await
             }
             Cmd::Workloads => workload_cmds::workloads(&client, json).await,
             Cmd::Allocs { workload, all } => {

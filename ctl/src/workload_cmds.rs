@@ -1,6 +1,6 @@
 //! `gantryctl run`, `workloads`, `allocs`, `stop`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -9,7 +9,7 @@ use gantry_common::workload::{parse_workload_toml, WorkloadSpec};
 use hyper::Method;
 use serde_json::Value;
 
-use crate::admin_client::{encode, AdminClient};
+use crate::admin_client::{encode, AdminClient, CallError};
 use crate::cluster_cmds::print_json;
 use crate::out::{out, outln};
 use crate::table::render;
@@ -20,6 +20,127 @@ use crate::wait::{self, round_ms, RolloutDone};
 pub fn read_spec(path: &Path) -> anyhow::Result<WorkloadSpec> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse_workload_toml(&text).map_err(|e| anyhow::anyhow!("{}: {}: {}", path.display(), e.field, e.reason))
+}
+
+/// The workload files `gantryctl run` was given: files as they are, and
+/// every `*.toml` directly inside a directory (sorted by name).
+pub fn expand_paths(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut inside: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading directory {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            if inside.is_empty() {
+                anyhow::bail!("{}: no *.toml workload files in this directory", path.display());
+            }
+            inside.sort();
+            files.extend(inside);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Reads every file; all the mistakes are reported, one line each.
+pub fn read_specs(files: &[PathBuf]) -> anyhow::Result<Vec<WorkloadSpec>> {
+    let mut specs = Vec::with_capacity(files.len());
+    let mut errors = Vec::new();
+    let mut seen: std::collections::BTreeMap<String, &Path> = std::collections::BTreeMap::new();
+    for file in files {
+        match read_spec(file) {
+            Ok(spec) => {
+                if let Some(first) = seen.insert(spec.name.clone(), file) {
+                    errors.push(format!(
+                        "{}: name: workload {:?} is also defined in {}",
+                        file.display(),
+                        spec.name,
+                        first.display()
+                    ));
+                }
+                specs.push(spec);
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        let n = errors.len();
+        anyhow::bail!(
+            "{}\n{n} of {} files have errors; nothing was submitted",
+            errors.join("\n"),
+            files.len()
+        );
+    }
+    Ok(specs)
+}
+
+/// Submits several specs in one request (one Raft entry on a cluster that
+/// speaks protocol 3). A coordinator too old for batches (404) gets them
+/// one by one.
+pub async fn submit_batch(client: &AdminClient, specs: &[WorkloadSpec]) -> anyhow::Result<Vec<SubmitResult>> {
+    let body = serde_json::json!({ "specs": specs });
+    match client.send(Method::POST, "/v1/workload-batches", &body).await {
+        Ok(results) => Ok(results),
+        Err(e) if e.downcast_ref::<CallError>().is_some_and(|c| c.status == hyper::StatusCode::NOT_FOUND) => {
+            eprintln!(
+                "this coordinator takes no batches (an older version): submitting one workload at a time"
+            );
+            let mut results = Vec::with_capacity(specs.len());
+            for spec in specs {
+                results.push(submit(client, spec).await?);
+            }
+            Ok(results)
+        }
+        Err(e) => Err(e).with_context(|| format!("submitting {} workloads", specs.len())),
+    }
+}
+
+/// `gantryctl run FILE... | DIR`: one file is one submission; several (or
+/// a directory) are one batch, then each is followed with `--wait`.
+pub async fn run_many(
+    client: &AdminClient,
+    paths: &[PathBuf],
+    wait: bool,
+    timeout: Duration,
+    stable: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let files = expand_paths(paths)?;
+    if let [file] = files.as_slice() {
+        return run(client, file, wait, timeout, stable, json).await;
+    }
+    let specs = read_specs(&files)?;
+    let started = Instant::now();
+    let results = submit_batch(client, &specs).await?;
+    if !wait {
+        if json {
+            return print_json(&results);
+        }
+        for r in &results {
+            outln!("{}", submitted_line(r));
+        }
+        return Ok(());
+    }
+    for r in &results {
+        if !json {
+            eprintln!("{}", submitted_line(r));
+        }
+    }
+    let mut done = Vec::with_capacity(results.len());
+    for (spec, r) in specs.iter().zip(&results) {
+        let d = wait_healthy(client, spec, r, timeout, stable, started).await?;
+        if !json {
+            out!("{}", rollout_report(&d, spec.health.is_some()));
+        }
+        done.push(d);
+    }
+    if json {
+        return print_json(&done);
+    }
+    Ok(())
 }
 
 /// Submits a spec; returns what the coordinator answered.

@@ -114,7 +114,11 @@ fn coordinator_refuses_clients_it_must_not_serve() -> anyhow::Result<()> {
         let id = Identity::load(&agent)?;
         let ep = endpoint()?;
         let conn = ep.connect_with(tls::client_config(&id, ALPN_AGENT)?, addr.parse()?, COORDINATOR_SERVER_NAME)?.await?;
-        let hello = Hello { protocol_version: PROTOCOL_VERSION + 1, software: "future".into() };
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION + 1,
+            software: "future".into(),
+            max_protocol_version: PROTOCOL_VERSION + 1,
+        };
         let reply: HelloReply = rpc::send_hello(&conn, &addr, &hello, T).await?;
         assert!(
             matches!(reply, HelloReply::VersionMismatch { ours, theirs, .. } if ours == PROTOCOL_VERSION && theirs == PROTOCOL_VERSION + 1),
@@ -122,9 +126,19 @@ fn coordinator_refuses_clients_it_must_not_serve() -> anyhow::Result<()> {
         );
         // An agent of protocol 1 (postcard messages, c6cdaa7) is told the same way.
         let conn = ep.connect_with(tls::client_config(&id, ALPN_AGENT)?, addr.parse()?, COORDINATOR_SERVER_NAME)?.await?;
-        let hello = Hello { protocol_version: 1, software: "gantry-agent 0.1.0".into() };
+        let hello = Hello { protocol_version: 1, software: "gantry-agent 0.1.0".into(), max_protocol_version: 1 };
         let reply: HelloReply = rpc::send_hello(&conn, &addr, &hello, T).await?;
         assert!(matches!(reply, HelloReply::VersionMismatch { theirs: 1, .. }), "{reply:?}");
+        // An agent of protocol 2 (7a019f8) is accepted with the answer it knows.
+        let conn = ep.connect_with(tls::client_config(&id, ALPN_AGENT)?, addr.parse()?, COORDINATOR_SERVER_NAME)?.await?;
+        let hello = Hello { protocol_version: 2, software: "gantry-agent 0.1.0".into(), max_protocol_version: 2 };
+        let reply: HelloReply = rpc::send_hello(&conn, &addr, &hello, T).await?;
+        assert!(matches!(reply, HelloReply::Ok { .. }), "{reply:?}");
+        // And a current one agrees on the current version.
+        let conn = ep.connect_with(tls::client_config(&id, ALPN_AGENT)?, addr.parse()?, COORDINATOR_SERVER_NAME)?.await?;
+        let hello = Hello::current("gantry-agent 0.2.0", PROTOCOL_VERSION);
+        let reply: HelloReply = rpc::send_hello(&conn, &addr, &hello, T).await?;
+        assert_eq!(reply.version(), Some(PROTOCOL_VERSION), "{reply:?}");
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(())

@@ -10,31 +10,117 @@ use crate::api::{ApiRequest, ApiResponse};
 use crate::model::{GpuTelemetry, HostTelemetry, NodeInfo};
 use crate::workload::{AllocReport, Allocation, DesiredAlloc, WorkloadSpec};
 
-/// Version of the wire protocol. Bumped on any incompatible change.
+/// Highest version of the wire protocol this build speaks. Bumped on any
+/// incompatible change.
 ///
 /// 1: postcard messages (c6cdaa7 and before). 2: [`crate::schema`]'s named
 /// encoding; the hello frames stay postcard so that either side can read the
-/// other's version and refuse it clearly.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// other's version and refuse it clearly. 3: a hello carries a version
+/// range and the answer the version agreed; a batch of workloads is one
+/// request (`ApiRequest::SubmitWorkloads`) and one Raft entry.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// Lowest version this build still speaks: a cluster is upgraded one
+/// process at a time, and each connection speaks the highest version both
+/// ends know ([`negotiate`]).
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// First frame on every connection (postcard, in every protocol version).
+///
+/// Version 2 sent `{protocol_version, software}` and required an exact
+/// match. From version 3, `protocol_version` is the lowest version the
+/// sender speaks and `max_protocol_version` follows as a trailing field: a
+/// version-2 coordinator reads the first two fields (postcard ignores what
+/// follows), sees 2 and accepts; [`Hello::decode`] reads both shapes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     pub protocol_version: u32,
     /// Software version of the sender, for error messages.
     pub software: String,
+    /// Highest version the sender speaks (`protocol_version` itself from a
+    /// version-2 sender).
+    pub max_protocol_version: u32,
+}
+
+/// The hello a version-2 sender writes.
+#[derive(Deserialize)]
+struct HelloV2 {
+    protocol_version: u32,
+    software: String,
 }
 
 impl Hello {
-    pub fn current(software: &str) -> Hello {
-        Hello { protocol_version: PROTOCOL_VERSION, software: software.to_string() }
+    /// This build's hello: every version from [`MIN_PROTOCOL_VERSION`] to `max`
+    /// (at most [`PROTOCOL_VERSION`]; lower to keep new features off during an upgrade).
+    pub fn current(software: &str, max: u32) -> Hello {
+        let max = max.clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
+        Hello {
+            protocol_version: MIN_PROTOCOL_VERSION,
+            software: software.to_string(),
+            max_protocol_version: max,
+        }
+    }
+
+    /// Reads a hello of either shape (postcard).
+    pub fn decode(bytes: &[u8]) -> Result<Hello, postcard::Error> {
+        match postcard::from_bytes::<Hello>(bytes) {
+            Ok(hello) => Ok(hello),
+            Err(_) => {
+                let old: HelloV2 = postcard::from_bytes(bytes)?;
+                Ok(Hello {
+                    protocol_version: old.protocol_version,
+                    software: old.software,
+                    max_protocol_version: old.protocol_version,
+                })
+            }
+        }
+    }
+
+    /// Whether the sender knows version 3's answer ([`HelloReply::Agreed`]).
+    pub fn sends_range(&self) -> bool {
+        self.max_protocol_version >= 3
     }
 }
 
+/// The version two ends agree on: the highest both speak, `None` when their
+/// ranges do not meet.
+pub fn negotiate(ours: (u32, u32), theirs: (u32, u32)) -> Option<u32> {
+    let low = ours.0.max(theirs.0);
+    let high = ours.1.min(theirs.1);
+    (high >= low).then_some(high)
+}
+
+/// The answer to a [`Hello`] (postcard). Variants are only ever appended:
+/// postcard reads a variant by its position.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum HelloReply {
-    Ok { coordinator_id: u64, software: String },
-    VersionMismatch { ours: u32, theirs: u32, software: String },
+    /// Accepted, speaking version 2 (the answer to a version-2 hello).
+    Ok {
+        coordinator_id: u64,
+        software: String,
+    },
+    VersionMismatch {
+        ours: u32,
+        theirs: u32,
+        software: String,
+    },
+    /// Accepted, speaking `version` (the answer to a hello with a range).
+    Agreed {
+        coordinator_id: u64,
+        software: String,
+        version: u32,
+    },
+}
+
+impl HelloReply {
+    /// The version the connection speaks, when it was accepted.
+    pub fn version(&self) -> Option<u32> {
+        match self {
+            HelloReply::Ok { .. } => Some(2),
+            HelloReply::Agreed { version, .. } => Some(*version),
+            HelloReply::VersionMismatch { .. } => None,
+        }
+    }
 }
 
 /// Where the current leader can be reached, as far as the answering coordinator knows.
@@ -260,8 +346,39 @@ mod tests {
     }
 
     #[test]
+    fn versions_agree_on_the_highest_both_speak() {
+        assert_eq!(negotiate((2, 3), (2, 3)), Some(3));
+        assert_eq!(negotiate((2, 3), (2, 2)), Some(2), "a version-2 peer");
+        assert_eq!(negotiate((2, 2), (2, 3)), Some(2), "capped during an upgrade");
+        assert_eq!(negotiate((2, 3), (1, 1)), None, "a postcard peer");
+        assert_eq!(negotiate((3, 4), (2, 2)), None, "a future build that dropped 2");
+        assert_eq!(Hello::current("x", 9).max_protocol_version, PROTOCOL_VERSION);
+        assert_eq!(Hello::current("x", 0).max_protocol_version, MIN_PROTOCOL_VERSION);
+    }
+
+    /// A version-2 coordinator reads a version-3 hello as version 2, and a
+    /// version-3 one reads a version-2 hello.
+    #[test]
+    fn hellos_of_both_shapes_are_read() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct OldHello {
+            protocol_version: u32,
+            software: String,
+        }
+        let new = postcard::to_allocvec(&Hello::current("gantry 0.2", 3)).unwrap();
+        let as_old: OldHello = postcard::from_bytes(&new).unwrap();
+        assert_eq!(as_old, OldHello { protocol_version: 2, software: "gantry 0.2".into() });
+        let old = postcard::to_allocvec(&as_old).unwrap();
+        let read = Hello::decode(&old).unwrap();
+        assert_eq!((read.protocol_version, read.max_protocol_version), (2, 2));
+        assert!(!read.sends_range());
+        assert_eq!(Hello::decode(&new).unwrap(), Hello::current("gantry 0.2", 3));
+        assert!(Hello::decode(&[0xff]).is_err());
+    }
+
+    #[test]
     fn agent_messages_round_trip() {
-        round_trip(Hello::current("x"));
+        round_trip(Hello::current("x", PROTOCOL_VERSION));
         round_trip(HelloReply::VersionMismatch { ours: 1, theirs: 2, software: "y".into() });
         round_trip(AgentRequest::Register(node()));
         for health in
@@ -400,6 +517,7 @@ mod tests {
                 term: 3,
                 commit_index: None,
                 reachable: false,
+                protocol: Some(3),
             }],
             stale: None,
         }))));

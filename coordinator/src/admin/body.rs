@@ -51,9 +51,12 @@ impl IntoResponse for Failure {
 pub const OUTCOME_HEADER: &str = "gantry-outcome";
 
 /// A JSON body read strictly.
-pub struct StrictJson<T>(pub T);
+pub struct StrictJson<T, const LIMIT: usize = MAX_BODY>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
+/// Most bytes of a batch of workloads (`POST /v1/workload-batches`).
+pub const MAX_BATCH_BODY: usize = 32 * 1024 * 1024;
+
+impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S> for StrictJson<T, LIMIT> {
     type Rejection = Failure;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Failure> {
@@ -68,7 +71,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
                 "request body: send it as content-type: application/json",
             ));
         }
-        let bytes = read_body(req.into_body()).await?;
+        let bytes = read_body(req.into_body(), LIMIT).await?;
         gantry_common::strict::json(&bytes).map(StrictJson).map_err(|e| Failure {
             status: StatusCode::BAD_REQUEST,
             error: e.to_string(),
@@ -78,15 +81,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
     }
 }
 
-async fn read_body(body: Body) -> Result<axum::body::Bytes, Failure> {
-    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Failure> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(Failure::new(
             StatusCode::REQUEST_TIMEOUT,
             format!("request body: not received within {}s", BODY_TIMEOUT.as_secs()),
         )),
         Ok(Err(e)) if is_too_large(&e) => Err(Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body: larger than {MAX_BODY} bytes"),
+            format!("request body: larger than {limit} bytes"),
         )),
         Ok(Err(e)) => Err(Failure::new(StatusCode::BAD_REQUEST, format!("request body: {e}"))),
         Ok(Ok(bytes)) => Ok(bytes),

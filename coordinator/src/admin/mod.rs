@@ -23,6 +23,7 @@
 //! | POST   | `/v1/cluster/members`         | `AddMember` (`{"id":4,"addr":"…"}`)  |
 //! | DELETE | `/v1/cluster/members/{id}`    | `RemoveMember`                       |
 //! | POST   | `/v1/workloads`               | `SubmitWorkload` (a `WorkloadSpec`)  |
+//! | POST   | `/v1/workload-batches`         | `SubmitWorkloads` (`{"specs":[…]}`, up to 32 MiB) |
 //! | GET    | `/v1/workloads`               | `Workloads`                          |
 //! | GET    | `/v1/workloads/{name}`        | `Workload`                           |
 //! | DELETE | `/v1/workloads/{name}`        | `StopWorkload`                       |
@@ -119,6 +120,7 @@ fn router(state: AdminState) -> Router {
         .route("/v1/cluster/members", post(add_member))
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/v1/workloads", post(submit_workload).get(workloads))
+        .route("/v1/workload-batches", post(submit_workloads))
         .route("/v1/workloads/{name}", get(workload).delete(stop_workload))
         .route("/v1/allocs", get(allocs))
         .route("/v1/allocs/{id}/logs", get(alloc_logs))
@@ -167,6 +169,22 @@ async fn submit_workload(
 ) -> Response {
     match body {
         Ok(StrictJson(spec)) => run(&s, &headers, ApiRequest::SubmitWorkload { spec: Box::new(spec) }).await,
+        Err(f) => f.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchBody {
+    specs: Vec<gantry_common::workload::WorkloadSpec>,
+}
+
+async fn submit_workloads(
+    AxState(s): AxState<AdminState>,
+    headers: HeaderMap,
+    body: Result<StrictJson<BatchBody, { body::MAX_BATCH_BODY }>, Failure>,
+) -> Response {
+    match body {
+        Ok(StrictJson(BatchBody { specs })) => run(&s, &headers, ApiRequest::SubmitWorkloads { specs }).await,
         Err(f) => f.into_response(),
     }
 }
@@ -362,6 +380,7 @@ async fn run(s: &AdminState, headers: &HeaderMap, req: ApiRequest) -> Response {
             Json(serde_json::json!({ "log_index": log_index })).into_response()
         }
         ApiResponse::Submitted(v) => Json(v).into_response(),
+        ApiResponse::SubmittedBatch(v) => Json(v).into_response(),
         ApiResponse::Workloads(v) => Json(v).into_response(),
         ApiResponse::Workload(v) => Json(v).into_response(),
         ApiResponse::Allocs(v) => Json(v).into_response(),

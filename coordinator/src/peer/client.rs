@@ -40,6 +40,11 @@ pub struct PeerClient {
     /// Calls given up on since the last answered one, by peer address
     /// (std `Mutex`, as above).
     given_up: Arc<Mutex<HashMap<String, u32>>>,
+    /// The protocol version agreed with each peer on its live connection
+    /// (absent: not connected). std `Mutex`, as above.
+    versions: Arc<Mutex<HashMap<String, u32>>>,
+    /// Highest protocol version offered (config `max_protocol_version`).
+    max_protocol: u32,
 }
 
 /// Calls given up on in a row after which a peer's connection is replaced.
@@ -71,7 +76,35 @@ impl PeerClient {
             config: tls::client_config(identity, ALPN_RAFT)?,
             peers: Arc::new(Mutex::new(HashMap::new())),
             given_up: Arc::new(Mutex::new(HashMap::new())),
+            versions: Arc::default(),
+            max_protocol: gantry_common::wire::PROTOCOL_VERSION,
         })
+    }
+
+    /// Offers protocol versions up to `max` only, to peers and (through
+    /// [`PeerClient::max_protocol`]) to whoever connects here.
+    pub fn with_max_protocol(mut self, max: u32) -> PeerClient {
+        self.max_protocol = max;
+        self
+    }
+
+    pub fn max_protocol(&self) -> u32 {
+        self.max_protocol
+    }
+
+    /// The version agreed with the peer at `addr`, while connected.
+    pub fn version_of(&self, addr: &str) -> Option<u32> {
+        self.versions.lock().unwrap_or_else(|p| p.into_inner()).get(addr).copied()
+    }
+
+    /// Connects to `addr` if not yet connected and waits up to `timeout`
+    /// for the version agreed (for a write that depends on it).
+    pub async fn version_with(&self, addr: &str, timeout: Duration) -> Option<u32> {
+        if let Some(v) = self.version_of(addr) {
+            return Some(v);
+        }
+        self.connection(addr, timeout).await.ok()?;
+        self.version_of(addr)
     }
 
     /// Sends one request to the coordinator at `addr`.
@@ -147,7 +180,14 @@ impl PeerClient {
             return slot.clone();
         }
         let (tx, rx) = watch::channel(None);
-        tokio::spawn(connector(self.endpoint.clone(), self.config.clone(), addr.to_string(), tx));
+        let link = Link {
+            endpoint: self.endpoint.clone(),
+            config: self.config.clone(),
+            addr: addr.to_string(),
+            versions: Arc::clone(&self.versions),
+            max_protocol: self.max_protocol,
+        };
+        tokio::spawn(connector(link, tx));
         peers.insert(addr.to_string(), rx.clone());
         rx
     }
@@ -157,39 +197,60 @@ fn unreachable(addr: &str, reason: &str) -> RpcError {
     RpcError::Unreachable { addr: addr.to_string(), reason: reason.to_string() }
 }
 
-/// Keeps one connection to `addr` alive until every receiver is gone or the
-/// endpoint closes.
-async fn connector(
+/// What a connector needs to reach one peer.
+struct Link {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     addr: String,
-    tx: watch::Sender<Option<quinn::Connection>>,
-) {
+    versions: Arc<Mutex<HashMap<String, u32>>>,
+    max_protocol: u32,
+}
+
+impl Link {
+    fn set_version(&self, version: Option<u32>) {
+        let mut versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        match version {
+            Some(v) => versions.insert(self.addr.clone(), v),
+            None => versions.remove(&self.addr),
+        };
+    }
+}
+
+/// Keeps one connection to the peer alive until every receiver is gone or
+/// the endpoint closes, and notes the protocol version agreed on it.
+async fn connector(link: Link, tx: watch::Sender<Option<quinn::Connection>>) {
+    let addr = link.addr.as_str();
     let mut backoff = Duration::from_millis(50);
     loop {
-        match rpc::connect(
-            &endpoint,
-            config.clone(),
-            &addr,
+        match rpc::connect_capped(
+            &link.endpoint,
+            link.config.clone(),
+            addr,
             COORDINATOR_SERVER_NAME,
             SOFTWARE,
+            link.max_protocol,
             CONNECT_TIMEOUT,
         )
         .await
         {
-            Ok((conn, _)) => {
-                debug!(%addr, "connected to peer");
+            Ok((conn, reply)) => {
+                debug!(%addr, version = ?reply.version(), "connected to peer");
                 backoff = Duration::from_millis(50);
+                link.set_version(reply.version());
                 tx.send_replace(Some(conn.clone()));
                 tokio::select! {
                     _ = conn.closed() => {}
-                    _ = tx.closed() => return,
+                    _ = tx.closed() => {
+                        link.set_version(None);
+                        return;
+                    }
                 }
+                link.set_version(None);
                 tx.send_replace(None);
             }
             Err(e) => {
                 debug!(%addr, "cannot connect to peer: {e}");
-                if endpoint.open_connections() == 0 && is_endpoint_closed(&e) {
+                if link.endpoint.open_connections() == 0 && is_endpoint_closed(&e) {
                     return;
                 }
                 tokio::select! {

@@ -1,6 +1,13 @@
-//! Opening a store of the previous format: `gantry-raft-store/1` (postcard,
-//! positional; written by c6cdaa7 and before) becomes `gantry-raft-store/2`
-//! (the named [`gantry_common::schema`] encoding).
+//! Opening a store of an earlier format.
+//!
+//! - `gantry-raft-store/2` (7a019f8 and before) kept the whole state machine
+//!   as one record, `state_machine/machine`; format 3 keeps a table per
+//!   entity ([`super::machine_tables`]). [`from_v2`] imports that record
+//!   into the tables and removes it. Log entries and snapshots are encoded
+//!   as in format 2, so nothing else is rewritten.
+//! - `gantry-raft-store/1` (postcard, positional; written by c6cdaa7 and
+//!   before) became format 2 (the named [`gantry_common::schema`]
+//!   encoding) by [`from_v1`], and then goes on through [`from_v2`].
 //!
 //! Every record is decoded with the frozen v1 definitions below (and those
 //! of [`gantry_common::schema::v1`]), converted to today's types and written
@@ -20,7 +27,8 @@ use redb::{ReadableTable, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::redb_io::{encode, Fault, LOG, MACHINE, META};
+use super::machine_tables;
+use super::redb_io::{decode, encode, Fault, LOG, MACHINE, META};
 use super::state_machine::Applied;
 use super::{NodeId, TypeConfig};
 use crate::state::{Command, NodeRecord, Plan, State, WorkloadRecord};
@@ -83,6 +91,21 @@ pub(crate) fn from_v1(txn: &WriteTransaction) -> Result<Migrated, Fault> {
     }
     Ok(done)
 }
+
+/// Moves a format-2 state machine record into the format-3 tables, in
+/// `txn` (the caller stamps the new format in the same transaction).
+/// Returns whether there was one.
+pub(crate) fn from_v2(txn: &WriteTransaction) -> Result<bool, Fault> {
+    let old = txn.open_table(MACHINE)?.get(V2_MACHINE_KEY)?.map(|v| v.value().to_vec());
+    let Some(bytes) = old else { return Ok(false) };
+    let applied: Applied = decode("state machine (format 2)", &bytes)?;
+    machine_tables::import(txn, &applied)?;
+    txn.open_table(MACHINE)?.remove(V2_MACHINE_KEY)?;
+    Ok(true)
+}
+
+/// Where format 2 kept the whole state machine.
+const V2_MACHINE_KEY: &str = "machine";
 
 fn old_decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Fault> {
     postcard::from_bytes(bytes).map_err(|source| Fault::DecodeV1 { what, source })

@@ -19,6 +19,7 @@ use crate::state::{Command, CommandResponse};
 
 pub mod handoff;
 pub mod log_store;
+pub mod machine_tables;
 mod migrate;
 pub mod network;
 mod redb_io;

@@ -1,21 +1,25 @@
 //! The Raft state machine: a thin openraft adapter around the pure
-//! [`crate::state::apply`], kept in the coordinator's redb file (table
-//! `state_machine`, see [`super::store`]).
+//! [`crate::state::apply`], kept in the coordinator's redb file as one table
+//! per entity ([`super::machine_tables`]).
 //!
 //! ```text
-//!   committed entries ──► apply batch in memory ──► persist (last applied,
-//!                          (write lock, pure)        membership, State) once
+//!   committed entries ──► apply batch in memory ──► every 64 entries / 1 s:
+//!                          (write lock, pure;        write the records they
+//!                           notes changed keys)      changed + applied index
 //!                                                    ──► notify subscribers
 //! ```
 //!
-//! The state is persisted once per `apply` batch, so a restarted coordinator
-//! comes back where it was and openraft re-applies only the entries after the
-//! last applied one. Readers ([`StateReader`]) may see a batch a moment before
-//! it is on disk; that is safe because those entries are committed, so they
-//! are durable in the log and would be applied again after a crash.
+//! The records a batch changed are written with the applied index in one
+//! transaction (O(changes), not O(state)), so a restarted coordinator comes
+//! back where it was and openraft re-applies only the entries after it.
+//! Readers ([`StateReader`]) may see a batch a moment before it is on disk;
+//! that is safe because those entries are committed, so they are durable in
+//! the log and would be applied again after a crash.
 //!
-//! A snapshot is the same encoding as the persisted state machine: the
-//! [`gantry_common::schema`] encoding of (last applied, last membership, [`State`]).
+//! A snapshot is the [`gantry_common::schema`] encoding of (last applied,
+//! last membership, [`State`]): an export of the tables. It installs by
+//! import. Should the tables lag the newest snapshot (a crash between the
+//! two), opening imports the snapshot, since the log before it may be gone.
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -32,6 +36,7 @@ use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::machine_tables::{self, Delta};
 use super::redb_io::{blocking, decode, encode, Fault, StorageResult, MACHINE};
 use super::{NodeId, TypeConfig};
 use crate::state::{self, CommandResponse, State};
@@ -117,6 +122,9 @@ pub struct StateMachineStore {
     checkpoint: Arc<Mutex<Checkpoint>>,
     /// Write the state once this many entries are unsaved (or [`CHECKPOINT_INTERVAL`] passed).
     checkpoint_entries: u64,
+    /// Held from taking a delta until its transaction commits, so deltas
+    /// (and snapshot installs) reach the file in the order they were taken.
+    write_order: Arc<Mutex<()>>,
 }
 
 /// Applied entries not yet in the persisted state.
@@ -124,8 +132,6 @@ pub struct StateMachineStore {
 struct Checkpoint {
     unsaved: u64,
     last: Instant,
-    /// Last applied index of the state as written.
-    saved: Option<u64>,
 }
 
 /// Default number of applied entries between two writes of the state.
@@ -139,17 +145,37 @@ impl StateMachineStore {
         self.reader.clone()
     }
 
-    /// Restores the state machine persisted in `db` (an empty one if none).
+    /// Restores the state machine persisted in `db` (an empty one if none),
+    /// or the current snapshot where that is newer.
     pub(crate) fn open(db: Arc<Database>) -> Result<Self, Fault> {
-        let applied = {
+        let (stored, snapshot_at) = {
             let txn = db.begin_read()?;
+            let stored = machine_tables::load(&txn)?.unwrap_or_default();
             let table = txn.open_table(MACHINE)?;
-            match table.get(MACHINE_KEY)? {
-                Some(value) => decode::<Applied>("state machine", value.value())?,
-                None => Applied::default(),
-            }
+            let snapshot_at = match table.get(SNAPSHOT_META_KEY)? {
+                Some(v) => decode::<SnapshotMeta<NodeId, BasicNode>>("snapshot meta", v.value())?.last_log_id,
+                None => None,
+            };
+            (stored, snapshot_at)
         };
-        let saved_index = applied.last_applied.map(|l| l.index);
+        let applied = if snapshot_at > stored.last_applied {
+            let txn = db.begin_write()?;
+            let data = txn.open_table(MACHINE)?.get(SNAPSHOT_DATA_KEY)?.map(|v| v.value().to_vec());
+            let Some(data) = data else {
+                return Err(Fault::Invalid("the current snapshot has meta but no data".into()));
+            };
+            let applied: Applied = decode("snapshot data", &data)?;
+            machine_tables::import(&txn, &applied)?;
+            txn.commit()?;
+            tracing::info!(
+                snapshot = ?snapshot_at,
+                tables = ?stored.last_applied,
+                "the state machine's tables were older than its snapshot; imported the snapshot"
+            );
+            applied
+        } else {
+            stored
+        };
         let (changed, _) = watch::channel(applied.last_applied.map_or(0, |l| l.index));
         let reader = StateReader {
             applied: Arc::new(RwLock::new(applied)),
@@ -160,12 +186,9 @@ impl StateMachineStore {
             db,
             reader,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
-            checkpoint: Arc::new(Mutex::new(Checkpoint {
-                unsaved: 0,
-                last: Instant::now(),
-                saved: saved_index,
-            })),
+            checkpoint: Arc::new(Mutex::new(Checkpoint { unsaved: 0, last: Instant::now() })),
             checkpoint_entries: CHECKPOINT_ENTRIES,
+            write_order: Arc::default(),
         })
     }
 
@@ -189,47 +212,28 @@ impl StateMachineStore {
         self.checkpoint.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Encodes the current state (under a read lock) and writes it as the
-    /// state machine, on the blocking pool.
+    /// Writes the records changed since the last write, with the applied
+    /// index, in one transaction on the blocking pool. The delta is taken
+    /// and encoded under the write lock (O(changed records)), so it is
+    /// exactly the state at that index.
     async fn persist_current(&self) -> StorageResult<()> {
         let db = Arc::clone(&self.db);
         let reader = self.reader.clone();
         let checkpoint = Arc::clone(&self.checkpoint);
+        let order = Arc::clone(&self.write_order);
         blocking(StorageIOError::write_state_machine, move || {
-            let bytes = {
-                let applied = reader.lock_read();
-                let bytes = encode("state machine", &*applied)?;
-                // Counted under the read lock: no entry applies meanwhile.
+            let _order = order.lock().unwrap_or_else(PoisonError::into_inner);
+            let delta = {
+                let mut applied = reader.lock_write();
                 let mut c = checkpoint.lock().unwrap_or_else(PoisonError::into_inner);
                 c.unsaved = 0;
                 c.last = Instant::now();
-                c.saved = applied.last_applied.map(|l| l.index);
-                bytes
+                Delta::take(&mut applied)?
             };
             let txn = db.begin_write()?;
-            txn.open_table(MACHINE)?.insert(MACHINE_KEY, bytes.as_slice())?;
+            delta.write(&txn)?;
             txn.commit()?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Writes `bytes` (an encoded [`Applied`]) as the state machine and, with
-    /// `snapshot_meta`, as the current snapshot too, in one durable
-    /// transaction.
-    async fn persist(&self, bytes: Vec<u8>, snapshot_meta: Option<Vec<u8>>) -> StorageResult<()> {
-        let db = Arc::clone(&self.db);
-        blocking(StorageIOError::write_state_machine, move || {
-            let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(MACHINE)?;
-                table.insert(MACHINE_KEY, bytes.as_slice())?;
-                if let Some(meta) = snapshot_meta {
-                    table.insert(SNAPSHOT_META_KEY, meta.as_slice())?;
-                    table.insert(SNAPSHOT_DATA_KEY, bytes.as_slice())?;
-                }
-            }
-            txn.commit()?;
+            tracing::trace!(records = delta.records(), "state machine written");
             Ok(())
         })
         .await
@@ -307,15 +311,32 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             ))));
         }
         let meta_bytes = encode("snapshot meta", meta).map_err(on_error)?;
-        self.persist(bytes, Some(meta_bytes)).await?;
         let last_applied = incoming.last_applied;
-        *self.reader.lock_write() = incoming;
-        {
-            let mut c = self.lock_checkpoint();
-            c.unsaved = 0;
-            c.last = Instant::now();
-            c.saved = last_applied.map(|l| l.index);
-        }
+        let db = Arc::clone(&self.db);
+        let reader = self.reader.clone();
+        let checkpoint = Arc::clone(&self.checkpoint);
+        let order = Arc::clone(&self.write_order);
+        blocking(
+            |e| StorageIOError::write_snapshot(None, e),
+            move || {
+                // In order with the deltas: none taken from the old state may land after this.
+                let _order = order.lock().unwrap_or_else(PoisonError::into_inner);
+                let txn = db.begin_write()?;
+                machine_tables::import(&txn, &incoming)?;
+                {
+                    let mut table = txn.open_table(MACHINE)?;
+                    table.insert(SNAPSHOT_META_KEY, meta_bytes.as_slice())?;
+                    table.insert(SNAPSHOT_DATA_KEY, bytes.as_slice())?;
+                }
+                txn.commit()?;
+                *reader.lock_write() = incoming;
+                let mut c = checkpoint.lock().unwrap_or_else(PoisonError::into_inner);
+                c.unsaved = 0;
+                c.last = Instant::now();
+                Ok(())
+            },
+        )
+        .await?;
         self.reader.notify(last_applied);
         Ok(())
     }
@@ -346,6 +367,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        // The tables first, so they are at most a batch behind the snapshot
+        // (openraft purges the log before it; opening imports a newer one).
+        self.persist_current().await?;
         let (bytes, last_applied, last_membership) = {
             let applied = self.reader.lock_read();
             let bytes = encode("snapshot data", &*applied)
@@ -362,7 +386,6 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             encode("snapshot meta", &meta).map_err(|f| f.io(|e| StorageIOError::write_snapshot(None, e)))?;
 
         let db = Arc::clone(&self.db);
-        let checkpoint = Arc::clone(&self.checkpoint);
         let bytes = blocking(
             |e| StorageIOError::write_snapshot(None, e),
             move || {
@@ -379,14 +402,6 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                         table.insert(SNAPSHOT_META_KEY, meta_bytes.as_slice())?;
                         table.insert(SNAPSHOT_DATA_KEY, bytes.as_slice())?;
                     }
-                    // The written state is never older than the snapshot,
-                    // whose building lets openraft purge the log before it.
-                    let index = last_applied.map(|l| l.index);
-                    let mut c = checkpoint.lock().unwrap_or_else(PoisonError::into_inner);
-                    if c.saved < index {
-                        table.insert(MACHINE_KEY, bytes.as_slice())?;
-                        c.saved = index;
-                    }
                 }
                 txn.commit()?;
                 Ok(bytes)
@@ -397,11 +412,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     }
 }
 
-const MACHINE_KEY: &str = "machine";
 const SNAPSHOT_META_KEY: &str = "snapshot_meta";
 const SNAPSHOT_DATA_KEY: &str = "snapshot_data";
 
-/// What the state machine keeps: the persisted record and a snapshot's data (a stored format: see `tests/golden.rs`).
+/// The state machine in memory, and a snapshot's data (a stored format: see `tests/golden.rs`).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Applied {
     pub last_applied: Option<LogId<NodeId>>,
@@ -506,8 +520,7 @@ mod tests {
 
         // What is on disk is what is in memory.
         let txn = sm.db.begin_read().unwrap();
-        let bytes = txn.open_table(MACHINE).unwrap().get(MACHINE_KEY).unwrap().unwrap().value().to_vec();
-        let on_disk: Applied = decode("machine", &bytes).unwrap();
+        let on_disk = machine_tables::load(&txn).unwrap().unwrap();
         assert_eq!(on_disk.state, reader.read(State::clone));
         assert_eq!(on_disk.last_applied, Some(log_id(4)));
     }
@@ -545,6 +558,141 @@ mod tests {
         drop(ghost);
         sm.apply([register(6, "n4")]).await.unwrap();
         assert!(!reader.node_watches.lock().unwrap().contains_key("n9"));
+    }
+
+    /// Random command streams through the store, in batches of random
+    /// sizes and with checkpoints every few entries: what reopens from the
+    /// tables is the state in memory, every time.
+    #[tokio::test]
+    async fn random_streams_reopen_as_the_state_in_memory() {
+        use crate::state::random_stream::Stream;
+        let dir = tempfile::tempdir().unwrap();
+        for seed in 0..6 {
+            let path = dir.path().join(format!("raft-{seed}.redb"));
+            let mut stream = Stream::new(1_000 + seed);
+            let mut index = 0;
+            let mut written = 0;
+            for round in 0..4 {
+                let every = 1 + stream.rng().below(10);
+                let mut sm = open_store(&path).unwrap().1.with_checkpoint_every(every);
+                let reader = sm.reader();
+                for _ in 0..40 {
+                    let batch = 1 + stream.rng().below(6);
+                    let mut entries = Vec::new();
+                    let mut state = reader.read(State::clone);
+                    for _ in 0..batch {
+                        let command = stream.next(&state);
+                        // Later commands of the batch are drawn from the state they will meet.
+                        state::apply(&mut state, &command);
+                        index += 1;
+                        entries.push(Entry { log_id: log_id(index), payload: EntryPayload::Normal(command) });
+                    }
+                    sm.apply(entries).await.unwrap();
+                    assert_eq!(
+                        reader.read(State::clone),
+                        state,
+                        "seed {seed} round {round}: apply is the pure apply"
+                    );
+                }
+                sm.flush().await.unwrap();
+                let in_memory = reader.read(State::clone);
+                written += in_memory.allocs.len();
+                drop((sm, reader));
+                let reopened = open_store(&path).unwrap().1;
+                assert_eq!(reopened.reader().read(State::clone), in_memory, "seed {seed} round {round}");
+                assert_eq!(reopened.reader().last_applied(), Some(index));
+            }
+            assert!(written > 0, "seed {seed} placed nothing");
+        }
+    }
+
+    /// Tables older than the stored snapshot (a crash between the two; the
+    /// log before the snapshot may be purged): opening imports the snapshot.
+    #[tokio::test]
+    async fn tables_older_than_the_snapshot_open_as_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ahead = open(&dir.path().join("ahead.redb"));
+        apply_some(&mut ahead).await;
+        let snapshot = ahead.build_snapshot().await.unwrap();
+
+        let behind_path = dir.path().join("behind.redb");
+        {
+            let mut behind = open(&behind_path);
+            behind.apply([register(1, "n1")]).await.unwrap();
+            let txn = behind.db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(MACHINE).unwrap();
+                table.insert(SNAPSHOT_META_KEY, encode("m", &snapshot.meta).unwrap().as_slice()).unwrap();
+                table.insert(SNAPSHOT_DATA_KEY, snapshot.snapshot.get_ref().as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let behind = open(&behind_path);
+        assert_eq!(behind.reader().last_applied(), Some(4));
+        assert_eq!(behind.reader().read(State::clone), ahead.reader().read(State::clone));
+        // And the tables now hold it: it opens the same without the snapshot's help.
+        drop(behind);
+        let txn = open(&behind_path).db.begin_read().unwrap();
+        let tables = machine_tables::load(&txn).unwrap().unwrap();
+        assert_eq!(tables.state, ahead.reader().read(State::clone));
+    }
+
+    /// An applied batch writes only the records it changed.
+    #[tokio::test]
+    async fn a_batch_writes_the_records_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(&dir.path().join("raft.redb"));
+        apply_some(&mut sm).await;
+        let row = |sm: &StateMachineStore, node: &str| {
+            let txn = sm.db.begin_read().unwrap();
+            let table = txn.open_table(machine_tables::NODES).unwrap();
+            let value = table.get(node).unwrap().map(|v| v.value().to_vec());
+            value
+        };
+        let n2_before = row(&sm, "n2").unwrap();
+        // Corrupt n2's row behind the state machine's back: a batch that
+        // does not touch n2 must leave it as it is.
+        {
+            let txn = sm.db.begin_write().unwrap();
+            txn.open_table(machine_tables::NODES).unwrap().insert("n2", [0xc0_u8].as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let up = Entry {
+            log_id: log_id(5),
+            payload: EntryPayload::Normal(Command::SetNodeStatus {
+                node: "n1".into(),
+                status: NodeStatus::Ready,
+            }),
+        };
+        sm.apply([up]).await.unwrap();
+        assert_eq!(row(&sm, "n2").unwrap(), vec![0xc0], "n2 was not rewritten");
+        assert_ne!(row(&sm, "n1").unwrap(), n2_before);
+        let n1: crate::state::NodeRecord = decode("n1", &row(&sm, "n1").unwrap()).unwrap();
+        assert_eq!(n1.status, NodeStatus::Ready, "n1 was");
+        // A refused command writes nothing but the applied index.
+        let ghost = Entry {
+            log_id: log_id(6),
+            payload: EntryPayload::Normal(Command::SetNodeStatus {
+                node: "ghost".into(),
+                status: NodeStatus::Down,
+            }),
+        };
+        let txn = sm.db.begin_write().unwrap();
+        txn.open_table(machine_tables::NODES).unwrap().insert("n1", [0xc0_u8].as_slice()).unwrap();
+        txn.commit().unwrap();
+        sm.apply([ghost]).await.unwrap();
+        assert_eq!(row(&sm, "n1").unwrap(), vec![0xc0], "nothing rewritten for a refusal");
+        let txn = sm.db.begin_read().unwrap();
+        let meta = txn
+            .open_table(MACHINE)
+            .unwrap()
+            .get(machine_tables::APPLIED_KEY)
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        let meta: machine_tables::MachineMeta = decode("meta", &meta).unwrap();
+        assert_eq!(meta.last_applied, Some(log_id(6)));
     }
 
     #[tokio::test]
@@ -665,7 +813,10 @@ mod tests {
             assert!(err.to_string().contains("snapshot meta cannot be decoded"), "{err}");
 
             let txn = sm.db.begin_write().unwrap();
-            txn.open_table(MACHINE).unwrap().insert(MACHINE_KEY, [0x01_u8, 0x09].as_slice()).unwrap();
+            txn.open_table(MACHINE)
+                .unwrap()
+                .insert(machine_tables::APPLIED_KEY, [0x01_u8, 0x09].as_slice())
+                .unwrap();
             txn.commit().unwrap();
         }
         match open_store(&path) {

@@ -9,14 +9,15 @@
 //! |                 | `committed`     | `LogId` (absent: none)                             |
 //! |                 | `last_purged`   | `LogId` (absent: none)                             |
 //! | `raft_log`      | log index (u64) | `Entry<TypeConfig>`                                |
-//! | `state_machine` | `machine`       | (last applied, last membership, `State`)           |
+//! | `state_machine` | `applied`       | last applied, last membership, counters            |
 //! |                 | `snapshot_meta` | `SnapshotMeta` of the current snapshot             |
-//! |                 | `snapshot_data` | the snapshot's bytes (same encoding as `machine`)  |
+//! |                 | `snapshot_data` | the snapshot's bytes: (last applied, membership, `State`) |
+//! | `sm_nodes`, `sm_workloads`, `sm_allocs`, `sm_write_keys` | name or id | one record each ([`super::machine_tables`]) |
 //!
 //! Values are in the [`gantry_common::schema`] encoding (named fields and
-//! variants). A file of the previous format, `gantry-raft-store/1`
-//! (postcard), is migrated when it is opened ([`super::migrate`]): every
-//! record is rewritten in one transaction, so a crash leaves the old file.
+//! variants). A file of an earlier format (`gantry-raft-store/2`: the whole
+//! state as one record; `/1`: postcard) is migrated when it is opened
+//! ([`super::migrate`]), in one transaction, so a crash leaves the old file.
 //!
 //! A redb write transaction is durable when `commit` returns (the default
 //! `Durability::Immediate` fsyncs), so every trait method that must persist
@@ -35,7 +36,9 @@ use super::state_machine::StateMachineStore;
 
 /// What `raft_meta/format` must hold; bump it (with a migration) when an
 /// encoding changes incompatibly.
-pub const FORMAT: &str = "gantry-raft-store/2";
+pub const FORMAT: &str = "gantry-raft-store/3";
+/// The whole-state format of 7a019f8 and before, migrated on open.
+pub const FORMAT_V2: &str = "gantry-raft-store/2";
 /// The postcard format of c6cdaa7 and before, migrated on open.
 pub const FORMAT_V1: &str = "gantry-raft-store/1";
 
@@ -134,13 +137,21 @@ fn init_tables(db: &Database) -> Result<(), Fault> {
         drop(meta);
         txn.open_table(LOG)?;
         txn.open_table(MACHINE)?;
+        super::machine_tables::create(&txn)?;
         match found.as_deref() {
             Some(FORMAT) => {}
+            Some(FORMAT_V2) => {
+                let state = super::migrate::from_v2(&txn)?;
+                tracing::info!(state, "raft store migrated from {FORMAT_V2} to {FORMAT}");
+                txn.open_table(META)?.insert("format", FORMAT.as_bytes())?;
+            }
             Some(FORMAT_V1) => {
                 let counts = super::migrate::from_v1(&txn)?;
+                let state = super::migrate::from_v2(&txn)?;
                 tracing::info!(
                     entries = counts.entries,
                     snapshot = counts.snapshot,
+                    state,
                     "raft store migrated from {FORMAT_V1} to {FORMAT}"
                 );
                 txn.open_table(META)?.insert("format", FORMAT.as_bytes())?;

@@ -373,6 +373,57 @@ fn an_invalid_spec_changes_nothing() {
     assert_eq!(s.workloads, before.workloads);
 }
 
+/// A batch is all or nothing: one bad spec (or a name twice) submits none;
+/// a good one submits all, placed like single submissions.
+#[test]
+fn a_batch_submits_every_workload_or_none() {
+    let mut s = cluster(&[("n1", &[E, E]), ("n2", &[E])]);
+    let mut bad = spec("c", 1, EXCLUSIVE);
+    bad.replicas = 0;
+    let before = s.clone();
+    let r = apply(&mut s, &Command::SubmitWorkloads { specs: vec![spec("a", 1, EXCLUSIVE), bad] });
+    assert!(
+        matches!(&r, CommandResponse::Rejected { reason, .. } if reason.starts_with("specs[1] (\"c\")")),
+        "{r:?}"
+    );
+    let twice = vec![spec("a", 1, EXCLUSIVE), spec("a", 2, EXCLUSIVE)];
+    let r = apply(&mut s, &Command::SubmitWorkloads { specs: twice });
+    assert!(matches!(&r, CommandResponse::Rejected { reason, .. } if reason.contains("twice")), "{r:?}");
+    assert!(matches!(
+        apply(&mut s, &Command::SubmitWorkloads { specs: vec![] }),
+        CommandResponse::Rejected { .. }
+    ));
+    assert_eq!(s, before, "refused batches change nothing");
+
+    let batch = vec![spec("a", 1, EXCLUSIVE), spec("b", 2, EXCLUSIVE)];
+    let r = apply(&mut s, &Command::SubmitWorkloads { specs: batch.clone() });
+    assert_eq!(
+        r,
+        CommandResponse::Batch(vec![
+            CommandResponse::Workload { version: 1, changed: true },
+            CommandResponse::Workload { version: 1, changed: true },
+        ])
+    );
+    assert_eq!(s.revision, before.revision + 1, "one entry, one revision");
+    assert_eq!(converge(&mut s), 1);
+    assert_eq!(s.allocs.values().filter(|a| a.fills_slot()).count(), 3);
+    // The same batch again changes nothing; with one spec changed, that one moves.
+    let rev = s.revision;
+    assert_eq!(apply(&mut s, &Command::SubmitWorkloads { specs: batch }), CommandResponse::Unchanged);
+    assert_eq!(s.revision, rev);
+    let r = apply(
+        &mut s,
+        &Command::SubmitWorkloads { specs: vec![spec("a", 1, EXCLUSIVE), spec("b", 1, EXCLUSIVE)] },
+    );
+    assert_eq!(
+        r,
+        CommandResponse::Batch(vec![
+            CommandResponse::Workload { version: 1, changed: false },
+            CommandResponse::Workload { version: 2, changed: true },
+        ])
+    );
+}
+
 #[test]
 fn a_settled_cluster_is_recognised_and_an_unsettled_one_is_not() {
     let mut s = cluster(&[("n1", &[E, E]), ("n2", &[E])]);

@@ -61,6 +61,9 @@ impl Service {
             let response = ApiResponse::Status(self.status().await);
             return Ok(Answer { response, stale: None });
         }
+        if let ApiRequest::SubmitWorkloads { specs } = &req {
+            super::batch::check(specs)?;
+        }
         if req.is_write() {
             let key = key.unwrap_or_else(new_key);
             return self.write_api(req, key).await.map(|response| Answer { response, stale: None });
@@ -68,7 +71,7 @@ impl Service {
         self.read_api(req).await
     }
 
-    async fn write_api(&self, req: ApiRequest, key: String) -> Result<ApiResponse, ApiFailure> {
+    pub(super) async fn write_api(&self, req: ApiRequest, key: String) -> Result<ApiResponse, ApiFailure> {
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut lost: Option<String> = None;
         loop {
@@ -166,6 +169,21 @@ impl Service {
     }
 
     async fn forward(&self, hint: &LeaderHint, req: ApiRequest, key: Option<&str>) -> Attempt {
+        let req = match req {
+            // A leader of the previous protocol cannot read a batch.
+            ApiRequest::SubmitWorkloads { specs }
+                if !self.leader_speaks(&hint.addr, super::batch::BATCH_PROTOCOL).await =>
+            {
+                let Some(key) = key else {
+                    return Attempt::Done(Err(ApiFailure::new(
+                        FailureKind::Internal,
+                        "a batch without an idempotency key",
+                    )));
+                };
+                return Attempt::Done(self.submit_one_by_one(specs, key).await);
+            }
+            req => req,
+        };
         let forwarded = PeerRequest::Forward { req, key: key.map(str::to_string) };
         match self.peers.call(&hint.addr, &forwarded, FORWARD_TIMEOUT).await {
             Ok(PeerResponse::Api(result)) => Attempt::Done(result),
@@ -223,6 +241,14 @@ impl Service {
                         })
                     }
                     Err(e) => Err(e),
+                }
+            }
+            ApiRequest::SubmitWorkloads { specs } => {
+                return match self.submit_batch_here(specs, key).await {
+                    Ok(result) => Attempt::Done(result),
+                    Err(WriteError::NotLeader { .. }) => Attempt::NotLeader,
+                    Err(WriteError::Rejected { kind, reason }) => Attempt::Done(Err(rejection(kind, reason))),
+                    Err(WriteError::Raft(e)) => Attempt::Lost(e),
                 }
             }
             // Membership changes are openraft's own entries: not keyed, but
@@ -375,7 +401,13 @@ impl Service {
                     None
                 };
                 let reachable = *id == self.id || self.peers.is_connected(&node.addr);
+                let protocol = if *id == self.id {
+                    Some(self.peers.max_protocol())
+                } else {
+                    self.peers.version_of(&node.addr)
+                };
                 MemberView {
+                    protocol,
                     id: *id,
                     address: node.addr.clone(),
                     role,

@@ -10,9 +10,12 @@
 //! - this file: [`Service`], agents' requests, Raft writes, leadership.
 //! - [`api`]: operator requests: forwarding, idempotency keys, retries,
 //!   stale answers, membership changes.
+//! - [`batch`]: several workloads in one request, one Raft entry when every
+//!   member speaks protocol 3.
 //! - [`desired`]: a node's desired set, streamed to its agent in chunks.
 
 pub mod api;
+pub mod batch;
 pub mod desired;
 
 use std::sync::{Arc, Mutex};

@@ -11,6 +11,7 @@ pub const MAX_LABELS: usize = 64;
 /// Applies one command to the state. A rejected or idempotent command
 /// leaves the state exactly as it was.
 pub fn apply(state: &mut State, command: &Command) -> CommandResponse {
+    let mark = state.change_mark();
     state.revision += 1;
     let response = apply_command(state, command);
     if matches!(
@@ -18,6 +19,11 @@ pub fn apply(state: &mut State, command: &Command) -> CommandResponse {
         CommandResponse::Rejected { .. } | CommandResponse::Unchanged | CommandResponse::Repeat(_)
     ) {
         state.revision -= 1;
+        // A keyed write that changed nothing else still remembered its key.
+        let remembered = matches!(command, Command::Keyed { .. }) && response == CommandResponse::Unchanged;
+        if !remembered {
+            state.forget_changes_since(mark);
+        }
     }
     response
 }
@@ -47,6 +53,7 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
             response
         }
         Command::SubmitWorkload { spec } => workloads::submit(state, spec),
+        Command::SubmitWorkloads { specs } => workloads::submit_batch(state, specs),
         Command::StopWorkload { name } => workloads::stop_workload(state, name),
         Command::DrainNode { node, drain } => workloads::drain(state, node, *drain),
         Command::ApplyPlan(plan) => workloads::apply_plan(state, plan),

@@ -55,6 +55,40 @@ pub(super) fn submit(state: &mut State, spec: &WorkloadSpec) -> CommandResponse 
     CommandResponse::Workload { version, changed: true }
 }
 
+/// Submits every spec, or none when one is refused (each is checked
+/// before anything changes). The answer is `Unchanged` when no spec
+/// changed anything.
+pub(super) fn submit_batch(state: &mut State, specs: &[WorkloadSpec]) -> CommandResponse {
+    if specs.is_empty() {
+        return CommandResponse::invalid("specs: a batch holds at least one workload");
+    }
+    if specs.len() > gantry_common::api::MAX_BATCH {
+        return CommandResponse::invalid(format!(
+            "specs: a batch holds at most {} workloads, this one {}",
+            gantry_common::api::MAX_BATCH,
+            specs.len()
+        ));
+    }
+    let mut names = BTreeSet::new();
+    for (i, spec) in specs.iter().enumerate() {
+        if let Err(e) = spec.validate() {
+            return CommandResponse::invalid(format!("specs[{i}] ({:?}): {e}", spec.name));
+        }
+        if !names.insert(spec.name.as_str()) {
+            return CommandResponse::invalid(format!(
+                "specs[{i}]: workload {:?} appears twice in the batch",
+                spec.name
+            ));
+        }
+    }
+    let answers: Vec<CommandResponse> = specs.iter().map(|spec| submit(state, spec)).collect();
+    if answers.iter().all(|a| matches!(a, CommandResponse::Workload { changed: false, .. })) {
+        // Nothing changed; `apply` then takes back the revision it bumped.
+        return CommandResponse::Unchanged;
+    }
+    CommandResponse::Batch(answers)
+}
+
 pub(super) fn stop_workload(state: &mut State, name: &str) -> CommandResponse {
     let Some(w) = state.workloads.get_mut(name) else {
         return CommandResponse::not_found(format!("workload {name:?} does not exist"));
@@ -247,8 +281,11 @@ fn forget_if_done(state: &mut State, name: &str) {
         && !state.allocs_of(name).any(Allocation::holds_resources);
     if done {
         state.workloads.remove(name);
-        let nodes: BTreeSet<String> = state.allocs_of(name).map(|a| a.node.clone()).collect();
-        state.allocs.retain(|_, a| a.workload != name);
+        let (ids, nodes): (Vec<String>, BTreeSet<String>) =
+            state.allocs_of(name).map(|a| (a.id.clone(), a.node.clone())).unzip();
+        for id in ids {
+            state.allocs.remove(&id);
+        }
         for node in nodes {
             touch(state, &node);
         }

@@ -11,8 +11,13 @@
 mod apply;
 mod apply_workloads;
 pub mod capacity;
+#[cfg(test)]
+mod delta_tests;
+#[cfg(test)]
+pub(crate) mod random_stream;
+mod records;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_common::model::{NodeInfo, NodeStatus};
 pub use gantry_common::workload::NewAlloc;
@@ -20,14 +25,15 @@ use gantry_common::workload::{AllocReport, Allocation, WorkloadSpec};
 use serde::{Deserialize, Serialize};
 
 pub use apply::apply;
+pub use records::{AllocTable, Records};
 
 /// Everything the coordinators agree on through Raft.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
-    pub nodes: BTreeMap<String, NodeRecord>,
-    pub workloads: BTreeMap<String, WorkloadRecord>,
+    pub nodes: Records<String, NodeRecord>,
+    pub workloads: Records<String, WorkloadRecord>,
     /// Every allocation by id, including stopped ones kept for history.
-    pub allocs: BTreeMap<String, Allocation>,
+    pub allocs: AllocTable,
     /// Sequence of the next allocation id.
     pub next_alloc: u64,
     /// Bumped by every applied command that changes something; nodes record
@@ -37,8 +43,9 @@ pub struct State {
     /// answered: a retry of the same key gets the same answer and changes
     /// nothing. The newest [`MAX_WRITE_KEYS`] are kept.
     #[serde(default)]
-    pub write_keys: BTreeMap<String, KeyedWrite>,
-    /// The same keys by the order they were applied in (for forgetting the oldest).
+    pub write_keys: Records<String, KeyedWrite>,
+    /// The same keys by the order they were applied in (for forgetting the
+    /// oldest); derived from `write_keys`' `seq`, so never stored on its own.
     #[serde(default)]
     pub write_key_order: BTreeMap<u64, String>,
     /// Sequence of the next keyed write.
@@ -63,10 +70,74 @@ pub struct KeyedWrite {
     pub fingerprint: u64,
 }
 
+/// The records an applied command (or batch) changed, per table: each key
+/// is to be written with its current value, or deleted where it has none.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Changes {
+    pub nodes: BTreeSet<String>,
+    pub workloads: BTreeSet<String>,
+    pub allocs: BTreeSet<String>,
+    pub write_keys: BTreeSet<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+            && self.workloads.is_empty()
+            && self.allocs.is_empty()
+            && self.write_keys.is_empty()
+    }
+
+    /// How many records changed.
+    pub fn len(&self) -> usize {
+        self.nodes.len() + self.workloads.len() + self.allocs.len() + self.write_keys.len()
+    }
+}
+
+/// Where each table's change log stood (see [`State::forget_changes_since`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChangeMark([usize; 4]);
+
 impl State {
-    /// Allocations placed on `node`.
+    /// Allocations placed on `node` (an index, not a scan).
     pub fn allocs_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Allocation> + 'a {
-        self.allocs.values().filter(move |a| a.node == node)
+        self.allocs.on_node(node)
+    }
+
+    /// The records changed since the last call.
+    pub fn take_changes(&mut self) -> Changes {
+        Changes {
+            nodes: self.nodes.take_changed(),
+            workloads: self.workloads.take_changed(),
+            allocs: self.allocs.take_changed(),
+            write_keys: self.write_keys.take_changed(),
+        }
+    }
+
+    pub(crate) fn change_mark(&self) -> ChangeMark {
+        ChangeMark([
+            self.nodes.change_mark(),
+            self.workloads.change_mark(),
+            self.allocs.change_mark(),
+            self.write_keys.change_mark(),
+        ])
+    }
+
+    /// Drops what was noted as changed after `mark`: the command since
+    /// changed nothing (`apply` leaves a refused or repeated command's state
+    /// exactly as it was), so nothing is to be written for it.
+    pub(crate) fn forget_changes_since(&mut self, mark: ChangeMark) {
+        let [n, w, a, k] = mark.0;
+        self.nodes.forget_changes_since(n);
+        self.workloads.forget_changes_since(w);
+        self.allocs.forget_changes_since(a);
+        self.write_keys.forget_changes_since(k);
+    }
+
+    /// Rebuilds `write_key_order` from the keys' sequence numbers (after
+    /// loading the records from the tables).
+    pub(crate) fn rebuild_write_key_order(&mut self) {
+        self.write_key_order = self.write_keys.iter().map(|(key, w)| (w.seq, key.clone())).collect();
     }
 
     /// Allocations of `workload`. Ids start with `<workload>.`, so this is a
@@ -130,6 +201,9 @@ pub enum Command {
     SetNodeLabels { node: String, set: BTreeMap<String, String>, remove: Vec<String> },
     /// Creates or updates a workload.
     SubmitWorkload { spec: WorkloadSpec },
+    /// Creates or updates several workloads, all or none (protocol 3: the
+    /// leader proposes it only when every coordinator can read it).
+    SubmitWorkloads { specs: Vec<WorkloadSpec> },
     /// Stops every replica of a workload; the record goes once they stopped.
     StopWorkload { name: String },
     /// Drains a node (or undrains it).
@@ -220,4 +294,6 @@ pub enum CommandResponse {
     Plan { placed: Vec<String>, refused: Vec<String> },
     /// A keyed write that was already applied: its first answer.
     Repeat(Box<CommandResponse>),
+    /// A batch applied: one `Workload` answer per spec, in order.
+    Batch(Vec<CommandResponse>),
 }
