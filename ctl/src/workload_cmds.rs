@@ -77,25 +77,65 @@ pub fn read_specs(files: &[PathBuf]) -> anyhow::Result<Vec<WorkloadSpec>> {
     Ok(specs)
 }
 
-/// Submits several specs in one request (one Raft entry on a cluster that
-/// speaks protocol 3). A coordinator too old for batches (404) gets them
-/// one by one.
-pub async fn submit_batch(client: &AdminClient, specs: &[WorkloadSpec]) -> anyhow::Result<Vec<SubmitResult>> {
-    let body = serde_json::json!({ "specs": specs });
-    match client.send(Method::POST, "/v1/workload-batches", &body).await {
-        Ok(results) => Ok(results),
-        Err(e) if e.downcast_ref::<CallError>().is_some_and(|c| c.status == hyper::StatusCode::NOT_FOUND) => {
-            eprintln!(
-                "this coordinator takes no batches (an older version): submitting one workload at a time"
-            );
-            let mut results = Vec::with_capacity(specs.len());
-            for spec in specs {
-                results.push(submit(client, spec).await?);
-            }
-            Ok(results)
+/// Most JSON bytes of specs per request: a batch is one Raft entry of at
+/// most 1 MiB encoded (which is a little smaller than JSON), so larger ones
+/// go as several requests.
+const BATCH_JSON_BYTES: usize = 900 * 1024;
+
+/// Cuts specs into runs of at most `budget` JSON bytes (a spec larger than
+/// that goes alone).
+pub fn batches(specs: &[WorkloadSpec], budget: usize) -> Vec<&[WorkloadSpec]> {
+    let mut out = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (i, spec) in specs.iter().enumerate() {
+        let size = serde_json::to_vec(spec).map_or(budget, |b| b.len() + 1);
+        if i > start && used + size > budget {
+            out.push(&specs[start..i]);
+            (start, used) = (i, 0);
         }
-        Err(e) => Err(e).with_context(|| format!("submitting {} workloads", specs.len())),
+        used += size;
     }
+    if start < specs.len() {
+        out.push(&specs[start..]);
+    }
+    out
+}
+
+/// Submits several specs in as few requests as fit (one Raft entry each on
+/// a cluster that speaks protocol 3). A coordinator too old for batches
+/// (404) gets them one by one.
+pub async fn submit_batch(client: &AdminClient, specs: &[WorkloadSpec]) -> anyhow::Result<Vec<SubmitResult>> {
+    let mut results: Vec<SubmitResult> = Vec::with_capacity(specs.len());
+    for part in batches(specs, BATCH_JSON_BYTES) {
+        let body = serde_json::json!({ "specs": part });
+        match client.send::<_, Vec<SubmitResult>>(Method::POST, "/v1/workload-batches", &body).await {
+            Ok(r) => results.extend(r),
+            Err(e)
+                if e.downcast_ref::<CallError>()
+                    .is_some_and(|c| c.status == hyper::StatusCode::NOT_FOUND) =>
+            {
+                eprintln!(
+                    "this coordinator takes no batches (an older version): submitting one workload at a time"
+                );
+                for spec in &specs[results.len()..] {
+                    results.push(submit(client, spec).await?);
+                }
+                return Ok(results);
+            }
+            Err(e) => {
+                let done = results.len();
+                return Err(e).with_context(|| {
+                    format!(
+                        "submitting workloads {}-{} of {} ({done} before them were submitted)",
+                        done + 1,
+                        done + part.len(),
+                        specs.len()
+                    )
+                });
+            }
+        }
+    }
+    Ok(results)
 }
 
 /// `gantryctl run FILE... | DIR`: one file is one submission; several (or
@@ -480,5 +520,29 @@ mod tests {
         let job = RolloutDone { allocs: vec![alloc("llm.0.1", 2, "run", "completed", "unknown")], ..done };
         let text = rollout_report(&job, false);
         assert!(text.ends_with("completed after 2.3s\n"), "{text}");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod batch_tests {
+    use super::*;
+
+    fn spec(name: &str) -> WorkloadSpec {
+        parse_workload_toml(&format!("name = \"{name}\"\ncommand = \"/bin/x\"\n")).unwrap()
+    }
+
+    #[test]
+    fn batches_are_cut_by_size_and_keep_the_order() {
+        let specs: Vec<_> = (0..100).map(|i| spec(&format!("w{i:03}"))).collect();
+        let one = serde_json::to_vec(&specs[0]).unwrap().len() + 1;
+        assert_eq!(batches(&specs, usize::MAX).len(), 1);
+        let parts = batches(&specs, one * 10);
+        assert_eq!(parts.len(), 10);
+        assert!(parts.iter().all(|p| p.len() == 10));
+        let names: Vec<&str> = parts.iter().flat_map(|p| p.iter().map(|s| s.name.as_str())).collect();
+        assert_eq!(names, specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>());
+        assert_eq!(batches(&specs, 1).len(), 100, "a spec larger than the budget goes alone");
+        assert!(batches(&[], 10).is_empty());
     }
 }

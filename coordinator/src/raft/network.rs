@@ -14,6 +14,28 @@ use super::{NodeId, TypeConfig};
 use crate::peer::client::PeerClient;
 use crate::peer::messages::{PeerRequest, PeerResponse};
 
+/// Most encoded bytes of entries in one AppendEntries. openraft 0.9 gives an
+/// AppendEntries one heartbeat interval (100 ms) to be answered, and sends
+/// the same entries again when it is not: a call that cannot be encoded,
+/// sent, decoded and written in that time stalls replication for good (10
+/// batches of 7 MB did on this machine). 1 MiB keeps every call small; a
+/// larger single entry (at most [`crate::state::MAX_BATCH_BYTES`] plus a
+/// little) goes alone.
+pub const APPEND_BUDGET: usize = 1024 * 1024;
+
+/// How many of `entries`, from the first, fit in `budget` encoded bytes
+/// (always at least one: a single entry is bounded by what `apply` accepts).
+pub fn fitting_prefix(entries: &[openraft::Entry<TypeConfig>], budget: usize) -> usize {
+    let mut used = 0usize;
+    for (i, entry) in entries.iter().enumerate() {
+        used += gantry_common::schema::encode(entry).map_or(budget, |b| b.len());
+        if used > budget {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
+
 /// Builds one [`PeerNetwork`] per target member.
 pub struct PeerNetworkFactory {
     pub client: PeerClient,
@@ -60,10 +82,20 @@ impl PeerNetwork {
 impl RaftNetwork<TypeConfig> for PeerNetwork {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        // A batch of entries larger than a frame would fail for ever (openraft
+        // sends the same batch again): send the prefix that fits and say so.
+        let fits = fitting_prefix(&rpc.entries, APPEND_BUDGET);
+        let partial = (fits < rpc.entries.len()).then(|| {
+            rpc.entries.truncate(fits);
+            rpc.entries.last().map(|e| e.log_id)
+        });
         match self.send(PeerRequest::AppendEntries(rpc), &option).await? {
+            PeerResponse::AppendEntries(Ok(AppendEntriesResponse::Success)) if partial.is_some() => {
+                Ok(AppendEntriesResponse::PartialSuccess(partial.flatten()))
+            }
             PeerResponse::AppendEntries(Ok(r)) => Ok(r),
             PeerResponse::AppendEntries(Err(e)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -99,5 +131,30 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             PeerResponse::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(self.unexpected(other)),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use super::*;
+    use crate::state::Command;
+
+    fn entry(index: u64, name_bytes: usize) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::StopWorkload { name: "x".repeat(name_bytes) }),
+        }
+    }
+
+    #[test]
+    fn append_entries_are_cut_to_the_budget() {
+        let entries: Vec<_> = (1..=10).map(|i| entry(i, 1000)).collect();
+        assert_eq!(fitting_prefix(&entries, usize::MAX), 10);
+        assert_eq!(fitting_prefix(&entries, 3_500), 3, "about 1 KB each");
+        assert_eq!(fitting_prefix(&entries, 10), 1, "one entry goes however large");
+        assert_eq!(fitting_prefix(&[], 10), 0);
     }
 }

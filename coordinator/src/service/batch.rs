@@ -44,6 +44,16 @@ pub fn check(specs: &[WorkloadSpec]) -> Result<(), ApiFailure> {
             "specs".into(),
         ));
     }
+    let bytes = gantry_common::schema::encode(specs).map_or(usize::MAX, |b| b.len());
+    if bytes > crate::state::MAX_BATCH_BYTES {
+        return Err(invalid(
+            format!(
+                "specs: a batch is at most {} MiB encoded, this one {bytes} bytes; send it in parts",
+                crate::state::MAX_BATCH_BYTES >> 20
+            ),
+            "specs".into(),
+        ));
+    }
     let mut names = BTreeSet::new();
     for (i, spec) in specs.iter().enumerate() {
         if let Err(e) = spec.validate() {
@@ -222,6 +232,19 @@ mod tests {
         assert!(e.message.starts_with("specs[1] (\"c\")"), "{}", e.message);
         let many: Vec<_> = (0..=MAX_BATCH).map(|i| spec(&format!("w{i}"))).collect();
         assert!(check(&many).unwrap_err().message.contains("at most"));
+        // 100 specs of 120 KB each: valid one by one, too large together.
+        let big: Vec<_> = (0..100)
+            .map(|i| {
+                let mut s = spec(&format!("big{i}"));
+                for v in 0..30 {
+                    s.env.insert(format!("V{v}"), "x".repeat(4000));
+                }
+                s
+            })
+            .collect();
+        assert!(big.iter().all(|s| s.validate().is_ok()));
+        let e = check(&big).unwrap_err();
+        assert!(e.message.contains("MiB encoded"), "{}", e.message);
     }
 
     #[test]

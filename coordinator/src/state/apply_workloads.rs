@@ -69,6 +69,13 @@ pub(super) fn submit_batch(state: &mut State, specs: &[WorkloadSpec]) -> Command
             specs.len()
         ));
     }
+    let bytes = gantry_common::schema::encode(specs).map_or(usize::MAX, |b| b.len());
+    if bytes > super::MAX_BATCH_BYTES {
+        return CommandResponse::invalid(format!(
+            "specs: a batch is at most {} MiB encoded, this one {bytes} bytes; send it in parts",
+            super::MAX_BATCH_BYTES >> 20
+        ));
+    }
     let mut names = BTreeSet::new();
     for (i, spec) in specs.iter().enumerate() {
         if let Err(e) = spec.validate() {

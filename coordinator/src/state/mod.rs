@@ -25,6 +25,12 @@ use gantry_common::workload::{AllocReport, Allocation, WorkloadSpec};
 use serde::{Deserialize, Serialize};
 
 pub use apply::apply;
+
+/// Most encoded bytes of the specs of one batch (one Raft entry): one
+/// AppendEntries' worth ([`crate::raft::network::APPEND_BUDGET`]), so a
+/// batch replicates within openraft's 100 ms per call. `gantryctl` cuts
+/// larger batches into several.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 pub use records::{AllocTable, Records};
 
 /// Everything the coordinators agree on through Raft.
