@@ -13,26 +13,16 @@ n=${2:-2000}
 . "$(dirname "$0")/dev-cluster.sh"
 start_dev "$bin" gantry-writes
 pid=$(pid_of coordinator)
-python3 - "$sock" "$pid" "$n" <<'EOF'
-import http.client, json, socket, statistics, sys, threading, time
+BENCH_DIR=$(dirname "$0") python3 - "$sock" "$pid" "$n" <<'EOF'
+import json, os, statistics, sys, threading, time
+sys.path.insert(0, os.environ["BENCH_DIR"])
+from admin_http import client, spec as sleep_spec
 sock, pid, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-class U(http.client.HTTPConnection):
-    def __init__(self): super().__init__("x")
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(sock)
-def req(method, url, body=None):
-    c = U(); c.request(method, url, body=None if body is None else json.dumps(body), headers={"content-type": "application/json"})
-    r = c.getresponse(); d = r.read(); c.close()
-    if r.status != 200: raise SystemExit(f"{method} {url}: {r.status} {d[:200]}")
-    return d
+req = client(sock)
 def rss():
     return int([l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]) / 1024
 def spec(i):
-    return {"name": f"b{i}", "runtime": {"process": {"command": "/bin/sleep"}}, "args": ["600"], "env": {"X": "y" * 200},
-            "ports": [], "replicas": 1, "restart": {"mode": "always", "backoff_ms": 1000, "max_backoff_ms": 60000},
-            "cpu_milli": 0, "memory_mib": 0, "gpu": "none",
-            "constraints": {"gpu_models": [], "min_gpu_memory_mib": 0, "labels": [], "spread_replicas": False},
-            "policy": None, "health": None, "stop_grace_ms": 1000}
+    return sleep_spec(f"b{i}", env={"X": "y" * 200})
 def writes(label):
     ts = []
     for i in range(200):

@@ -10,25 +10,14 @@ bin=${1:?usage: batch-submit.sh BIN_DIR [N]}
 n=${2:-2000}
 . "$(dirname "$0")/dev-cluster.sh"
 start_dev "$bin" gantry-batch
-python3 - "$sock" "$n" <<'PY'
-import http.client, json, socket, sys, threading, time
+BENCH_DIR=$(dirname "$0") python3 - "$sock" "$n" <<'PY'
+import json, os, sys, threading, time
+sys.path.insert(0, os.environ["BENCH_DIR"])
+from admin_http import client, spec as sleep_spec
 sock, n = sys.argv[1], int(sys.argv[2])
-class U(http.client.HTTPConnection):
-    def __init__(self): super().__init__("x")
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(sock)
-def req(method, url, body=None):
-    c = U(); c.request(method, url, body=None if body is None else json.dumps(body), headers={"content-type": "application/json"})
-    r = c.getresponse(); d = r.read(); c.close()
-    if r.status != 200: raise SystemExit(f"{method} {url}: {r.status} {d[:200]}")
-    return d
+req = client(sock)
 def spec(name):
-    return {"name": name, "runtime": {"process": {"command": "/bin/sleep"}}, "args": ["600"], "env": {},
-            "ports": [], "replicas": 1, "restart": {"mode": "always", "backoff_ms": 1000, "max_backoff_ms": 60000},
-            "cpu_milli": 0, "memory_mib": 0, "gpu": "none",
-            "constraints": {"gpu_models": [], "min_gpu_memory_mib": 0,
-                            "labels": [{"equals": {"key": "pool", "value": "none-has-it"}}], "spread_replicas": False},
-            "policy": None, "health": None, "stop_grace_ms": 1000}
+    return sleep_spec(name, labels=[{"equals": {"key": "pool", "value": "none-has-it"}}])
 t = time.perf_counter()
 for i in range(n): req("POST", "/v1/workloads", spec(f"one{i}"))
 one = time.perf_counter() - t
