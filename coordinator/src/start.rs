@@ -78,8 +78,16 @@ pub async fn run(
     let machine = state_machine.clone();
 
     let server_config = tls::server_config(&identity, &[ALPN_RAFT, ALPN_AGENT, ALPN_API])?;
-    let endpoint = quinn::Endpoint::server(server_config, config.listen)
-        .map_err(|e| StartError::Bind { addr: config.listen.to_string(), reason: e.to_string() })?;
+    let bind_error =
+        |e: std::io::Error| StartError::Bind { addr: config.listen.to_string(), reason: e.to_string() };
+    let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_error)?;
+    let endpoint = quinn::Endpoint::new(
+        tls::endpoint_config(&identity),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_error)?;
     let peers = PeerClient::new(endpoint.clone(), &identity)?.with_max_protocol(config.max_protocol_version);
 
     let raft_config = raft_config(&config)?;
@@ -143,7 +151,16 @@ pub async fn run(
     tasks.spawn(crate::systemd::follow_raft_status(raft.clone(), config.id, stop_rx.clone()));
     tasks.spawn(crate::systemd::watchdog(raft.clone(), stop_rx.clone()));
 
-    shutdown.await;
+    // Raft's core stops by itself only on a fatal error (a storage fault, a
+    // broken invariant). A coordinator without it answers nothing useful:
+    // exit with the reason, so that systemd restarts it (Restart=on-failure).
+    let fatal = tokio::select! {
+        () = shutdown => None,
+        reason = raft_stopped(&raft) => Some(reason),
+    };
+    if let Some(reason) = &fatal {
+        tracing::error!(id = config.id, "Raft stopped by itself: {reason}; exiting");
+    }
     info!(id = config.id, "shutting down");
     gantry_common::systemd::stopping("stopping: handing over leadership if leading");
     // Before the endpoint closes: a leader lets its followers catch up first.
@@ -161,7 +178,23 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     let _ = std::fs::remove_file(&config.admin_socket);
     info!(id = config.id, "stopped");
-    Ok(())
+    match fatal {
+        Some(reason) => Err(StartError::Raft(format!("Raft stopped by itself: {reason}"))),
+        None => Ok(()),
+    }
+}
+
+/// Resolves when Raft's core has stopped (its metrics say so), with why.
+async fn raft_stopped(raft: &Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(e) = &metrics.borrow_and_update().running_state {
+            return e.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "its metrics channel closed".into();
+        }
+    }
 }
 
 fn raft_config(config: &CoordinatorConfig) -> Result<Arc<openraft::Config>, StartError> {

@@ -42,7 +42,7 @@ use crate::identity::{PeerIdentity, Role};
 
 mod pki;
 
-pub use pki::{init_ca, issue, CA_CERT_FILE, CA_KEY_FILE, DEFAULT_DAYS, MAX_DAYS};
+pub use pki::{init_ca, issue, CaSigner, CA_CERT_FILE, CA_KEY_FILE, DEFAULT_DAYS, MAX_DAYS};
 
 /// The DNS name every coordinator certificate carries, and that clients use as the TLS server name,
 /// so clients can reach coordinators by any IP/hostname (like Nomad's server.<region>.nomad).
@@ -152,6 +152,18 @@ impl Identity {
         Ok(Identity { provider, roots, chain, key, peer })
     }
 
+    /// An identity [`CaSigner`] has just signed: one CA, one leaf, its key.
+    fn from_signed(
+        ca: CertificateDer<'static>,
+        leaf: CertificateDer<'static>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Identity, TlsError> {
+        let mut roots = RootCertStore::empty();
+        roots.add(ca).map_err(|e| TlsError::Invalid(format!("ca: not a usable CA certificate: {e}")))?;
+        let peer = identity_of(&leaf).map_err(TlsError::PeerCertificate)?;
+        Ok(Identity { provider: provider(), roots: Arc::new(roots), chain: vec![leaf], key, peer })
+    }
+
     /// Who our own certificate says we are.
     pub fn peer(&self) -> &PeerIdentity {
         &self.peer
@@ -179,6 +191,31 @@ impl std::fmt::Debug for Identity {
             .field("chain", &self.chain.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The QUIC endpoint config of a coordinator: its stateless-reset key is
+/// derived from the coordinator's private key, so it is the same across
+/// restarts. A peer or agent still holding a connection to the process
+/// that died then gets a valid stateless reset (RFC 9000 §10.3) from the
+/// restarted one at its first packet, and reconnects at once instead of
+/// waiting out the idle timeout ([`MAX_IDLE_TIMEOUT`]). With quinn's
+/// default (a random key per process) that reset is ignored, and Raft
+/// calls to a restarted coordinator time out for up to 5 s (seen as a 5 s
+/// election after a follower restart, in `gantryctl bench swarm`).
+pub fn endpoint_config(id: &Identity) -> quinn::EndpointConfig {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"gantry quic stateless reset key v1\0");
+    ctx.update(id.key.secret_der());
+    let derived = ctx.finish();
+    let mut config =
+        quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref())));
+    // Connection ids carry a keyed check, and a packet whose id fails it is
+    // dropped without a reset: the restarted process must share that key too.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(derived.as_ref().get(..8).unwrap_or(&[0; 8]));
+    let cid_key = u64::from_le_bytes(cid_key);
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config
 }
 
 /// quinn server config: requires a client certificate chaining to our CA (no cert / foreign CA => handshake fails), offers the given ALPNs, uses transport_config().

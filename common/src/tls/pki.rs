@@ -17,7 +17,7 @@ use rcgen::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use super::{bad_file, read_file, TlsError, TlsFiles, COORDINATOR_SERVER_NAME};
+use super::{bad_file, read_file, Identity, TlsError, TlsFiles, COORDINATOR_SERVER_NAME};
 use crate::identity::{PeerIdentity, Role};
 use crate::model::validate_name;
 
@@ -76,6 +76,48 @@ pub fn init_ca(dir: &Path, cluster_name: &str) -> Result<PathBuf, TlsError> {
 /// Issuing again for the same role and name replaces the files (that is how a
 /// certificate is renewed); each file is replaced atomically.
 pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String], days: u32) -> Result<TlsFiles, TlsError> {
+    let params = leaf_params(role, name, sans, days)?;
+    let issuer = load_issuer(dir)?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+
+    let files = TlsFiles::in_dir(dir, role, name);
+    write_replace(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
+    write_replace(&files.cert, cert.pem().as_bytes(), 0o644)?;
+    Ok(files)
+}
+
+/// The cluster CA loaded once, to sign many identities in memory without
+/// writing a file each: the swarm benchmark gives every simulated node a
+/// certificate of its own, as a real fleet has.
+pub struct CaSigner {
+    issuer: Issuer<'static, KeyPair>,
+    ca: CertificateDer<'static>,
+}
+
+impl CaSigner {
+    /// Loads and checks the CA in `dir` (as [`issue`] does).
+    pub fn load(dir: &Path) -> Result<CaSigner, TlsError> {
+        let issuer = load_issuer(dir)?;
+        let cert_path = dir.join(CA_CERT_FILE);
+        let pem = read_file(&cert_path)?;
+        let ca = CertificateDer::from_pem_slice(&pem)
+            .map_err(|e| bad_file(&cert_path, format!("holds no PEM certificate: {e}")))?;
+        Ok(CaSigner { issuer, ca })
+    }
+
+    /// A fresh key and a certificate for role+name, signed now, as an [`Identity`].
+    pub fn identity(&self, role: Role, name: &str, days: u32) -> Result<Identity, TlsError> {
+        let params = leaf_params(role, name, &[], days)?;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        Identity::from_signed(self.ca.clone(), cert.der().clone(), key_der)
+    }
+}
+
+/// What every leaf certificate says: subject, SANs, usages and validity.
+fn leaf_params(role: Role, name: &str, sans: &[String], days: u32) -> Result<CertificateParams, TlsError> {
     validate_name("name", name).map_err(TlsError::Invalid)?;
     if days == 0 || days > MAX_DAYS {
         return Err(TlsError::Invalid(format!("days: {days} is not between 1 and {MAX_DAYS}")));
@@ -86,9 +128,6 @@ pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String], days: u32) -> 
     if role == Role::Coordinator {
         subject_alt_names.push(SanType::DnsName(ia5("san", COORDINATOR_SERVER_NAME.to_string())?));
     }
-
-    let issuer = load_issuer(dir)?;
-    let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);
@@ -103,12 +142,7 @@ pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String], days: u32) -> 
     };
     params.use_authority_key_identifier_extension = true;
     set_validity(&mut params, days)?;
-    let cert = params.signed_by(&key, &issuer)?;
-
-    let files = TlsFiles::in_dir(dir, role, name);
-    write_replace(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
-    write_replace(&files.cert, cert.pem().as_bytes(), 0o644)?;
-    Ok(files)
+    Ok(params)
 }
 
 /// `san` values: IP literals become IP SANs, anything else must be a DNS name.

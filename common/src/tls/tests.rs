@@ -301,3 +301,74 @@ async fn server_must_be_a_coordinator() {
     let err = connect(client_config(&operator, ALPN_AGENT).unwrap(), rogue_addr).await.unwrap_err();
     assert!(err.contains("extended key usage for server authentication"), "{err}");
 }
+
+#[tokio::test]
+async fn identities_signed_in_memory_handshake_like_issued_ones() {
+    let (dir, coord, _agent) = pki();
+    let signer = CaSigner::load(dir.path()).unwrap();
+    let id = signer.identity(Role::Agent, "sim-00042", 1).unwrap();
+    assert_eq!(id.peer(), &agent("sim-00042"));
+    // Nothing was written: the identity lives in memory only.
+    assert!(!dir.path().join("agent-sim-00042.pem").exists());
+
+    let (_server, addr, task) = serve_one(&coord, &[ALPN_AGENT]);
+    let conn = connect(client_config(&id, ALPN_AGENT).unwrap(), addr).await.unwrap();
+    conn.close(0u32.into(), b"done");
+    let (peer, _) = tokio::time::timeout(LIMIT, task).await.unwrap().unwrap().unwrap();
+    assert_eq!(peer, agent("sim-00042"));
+
+    assert!(matches!(signer.identity(Role::Agent, "bad name", 1), Err(TlsError::Invalid(_))));
+    let empty = tempfile::tempdir().unwrap();
+    assert!(matches!(CaSigner::load(empty.path()), Err(TlsError::NoCa { .. })));
+}
+
+/// A coordinator killed and restarted at the same address: a client still
+/// holding a connection to the dead process gets a stateless reset from
+/// the new one, because both derive the reset key from the same
+/// certificate key, and learns at once that the connection is gone.
+#[tokio::test]
+async fn a_restarted_coordinator_resets_connections_to_its_dead_self() {
+    let (_dir, coord, agent_id) = pki();
+    // The first "process": an endpoint on a runtime of its own, which is
+    // dropped outright later (as kill -9 would: no close frame is sent).
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (die_tx, die_rx) = tokio::sync::oneshot::channel::<()>();
+    let first_coord = coord.clone();
+    let first = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let held = rt.block_on(async move {
+            let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            addr_tx.send(socket.local_addr().unwrap()).unwrap();
+            let endpoint = quinn::Endpoint::new(
+                endpoint_config(&first_coord),
+                Some(server_config(&first_coord, &[ALPN_AGENT]).unwrap()),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .unwrap();
+            let conn = endpoint.accept().await.unwrap().await.unwrap();
+            let _ = die_rx.await;
+            (endpoint, conn)
+        });
+        drop(rt);
+        drop(held);
+    });
+    let addr = addr_rx.recv().unwrap();
+    let conn = connect(client_config(&agent_id, ALPN_AGENT).unwrap(), addr).await.unwrap();
+    die_tx.send(()).unwrap();
+    first.join().unwrap();
+
+    let _second = quinn::Endpoint::new(
+        endpoint_config(&coord),
+        Some(server_config(&coord, &[ALPN_AGENT]).unwrap()),
+        std::net::UdpSocket::bind(addr).unwrap(),
+        Arc::new(quinn::TokioRuntime),
+    )
+    .unwrap();
+    // Any packet on the old connection now draws a reset.
+    if let Ok(mut s) = conn.open_uni().await {
+        let _ = s.write_all(b"x").await;
+    }
+    let reason = tokio::time::timeout(LIMIT, conn.closed()).await.unwrap();
+    assert!(matches!(reason, quinn::ConnectionError::Reset), "{reason:?}");
+}
