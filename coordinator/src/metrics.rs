@@ -8,7 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 
 use crate::service::Service;
@@ -32,6 +32,9 @@ pub struct Metrics {
     allocs: Family<StatusLabel, Gauge>,
     placements: Counter<u64, AtomicU64>,
     placements_refused: Counter<u64, AtomicU64>,
+    snapshot_bytes: Gauge,
+    snapshot_build_seconds: Gauge<f64, AtomicU64>,
+    snapshots_built: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -75,6 +78,26 @@ impl Metrics {
             "Placements the plan re-check refused while this coordinator led",
             placements_refused.clone(),
         );
+        let snapshot_bytes = Gauge::default();
+        let snapshot_build_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let snapshots_built = Counter::<u64, AtomicU64>::default();
+        registry.register_with_unit(
+            "raft_snapshot_size",
+            "Size of the last snapshot this coordinator built",
+            Unit::Bytes,
+            snapshot_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "raft_snapshot_build",
+            "How long building the last snapshot took",
+            Unit::Seconds,
+            snapshot_build_seconds.clone(),
+        );
+        registry.register(
+            "raft_snapshots_built",
+            "Snapshots this coordinator built",
+            snapshots_built.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             term,
@@ -87,6 +110,9 @@ impl Metrics {
             allocs,
             placements,
             placements_refused,
+            snapshot_bytes,
+            snapshot_build_seconds,
+            snapshots_built,
         }
     }
 
@@ -121,6 +147,10 @@ impl Metrics {
         let (placed, refused) = service.scheduler_stats.totals();
         catch_up(&self.placements, placed);
         catch_up(&self.placements_refused, refused);
+        let (bytes, seconds, built) = service.state.snapshot_stats().last();
+        self.snapshot_bytes.set(bytes as i64);
+        self.snapshot_build_seconds.set(seconds);
+        catch_up(&self.snapshots_built, built);
         let received = service.telemetry.lock().heartbeats_received;
         let counted = self.heartbeats.get();
         if received > counted {

@@ -129,6 +129,55 @@ fn restarted_coordinator_catches_up_from_its_store() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A follower whose data directory is gone (a wiped or replaced disk)
+/// starts empty. Found by `gantryctl bench swarm`: the leader's Raft core
+/// panicked ("follower log reversion is not allowed") and the leader
+/// process lingered without Raft. Now the leader catches it up from
+/// nothing, keeps leading and keeps committing.
+#[test]
+fn wiped_follower_is_caught_up_and_the_leader_keeps_leading() -> anyhow::Result<()> {
+    let _serial = serial();
+    let mut c = DevCluster::start(DevOptions::default())?;
+    // A term past the first, as in any cluster that has seen a failover
+    // (the bench's was 3): the wiped node's own first campaign (term 1)
+    // then cannot disturb the leader, which must catch it up.
+    let first = wait_new_leader(&c, None, Duration::from_secs(30))?;
+    let first_entry = c.coordinator(first)?;
+    c.kill9(&first_entry)?;
+    let leader = wait_new_leader(&c, Some(first), Duration::from_secs(30))?;
+    c.restart(&first_entry)?;
+    let leader_entry = c.coordinator(leader)?;
+    let follower = c.coordinators().into_iter().find(|p| id_of(p) != leader).unwrap();
+    for i in 0..5 {
+        let _: Value = c.ctl(&socket(&leader_entry), &["label", "node-1", &format!("before-{i}=yes")])?;
+    }
+    c.kill9(&follower)?;
+    let data = follower.config.parent().unwrap().join("data");
+    std::fs::remove_dir_all(&data)?;
+    c.restart(&follower)?;
+    let mut last_index = 0;
+    for i in 0..3 {
+        let r: Value = c.ctl(&socket(&leader_entry), &["label", "node-1", &format!("after-{i}=yes")])?;
+        last_index = r["log_index"].as_u64().unwrap_or(0);
+    }
+    wait_for(Duration::from_secs(30), || {
+        let s: ClusterStatus = c.ctl(&socket(&follower), &["status", "--local"]).ok()?;
+        (s.answered_by == id_of(&follower) && s.last_applied.unwrap_or(0) >= last_index).then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("the wiped follower did not catch up: {e}\n{}", c.log_tail(&follower)))?;
+    // Its state came back whole, writes from before the wipe included.
+    let ns = nodes(&c, &follower)?;
+    let n1 = ns.iter().find(|n| n.name == "node-1").ok_or_else(|| anyhow::anyhow!("node-1 gone"))?;
+    assert_eq!(n1.labels.get("before-0").map(String::as_str), Some("yes"));
+    assert_eq!(n1.labels.get("after-2").map(String::as_str), Some("yes"));
+    // The leader still runs Raft and commits.
+    let r: Value = c.ctl(&socket(&leader_entry), &["label", "node-1", "later=yes"])?;
+    assert!(r["log_index"].as_u64().unwrap_or(0) > last_index, "{r}");
+    assert_eq!(c.log_count(&leader_entry, "log reversion"), 0, "{}", c.log_tail(&leader_entry));
+    assert_eq!(wait_new_leader(&c, None, Duration::from_secs(10))?, leader, "leadership moved");
+    Ok(())
+}
+
 /// A follower killed and restarted on an idle cluster rejoins under the same
 /// leader, in the same term. openraft 0.9 has no pre-vote, and the leader's
 /// reconnect to a peer that was down can take longer than the restarted

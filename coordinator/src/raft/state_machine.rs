@@ -53,9 +53,41 @@ pub struct StateReader {
     /// wakes for its own node and not for every write. A std `Mutex`:
     /// nothing awaits under it.
     node_watches: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    /// The last snapshot this coordinator built (for `/metrics`).
+    snapshots: Arc<SnapshotStats>,
+}
+
+/// Size and build time of the last snapshot built here, and how many were built.
+#[derive(Debug, Default)]
+pub struct SnapshotStats {
+    bytes: AtomicU64,
+    build_micros: AtomicU64,
+    built: AtomicU64,
+}
+
+impl SnapshotStats {
+    fn record(&self, bytes: usize, took: std::time::Duration) {
+        self.bytes.store(bytes as u64, Ordering::Relaxed);
+        self.build_micros.store(took.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        self.built.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (bytes, build seconds, snapshots built) of the last one; zeros before the first.
+    pub fn last(&self) -> (u64, f64, u64) {
+        (
+            self.bytes.load(Ordering::Relaxed),
+            self.build_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            self.built.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl StateReader {
+    /// The last snapshot built by this coordinator.
+    pub fn snapshot_stats(&self) -> &SnapshotStats {
+        &self.snapshots
+    }
+
     /// Runs `f` on the current state. Keep `f` short and do not call back
     /// into the reader from it: the state machine waits for it before it
     /// applies the next batch.
@@ -181,6 +213,7 @@ impl StateMachineStore {
             applied: Arc::new(RwLock::new(applied)),
             changed: Arc::new(changed),
             node_watches: Arc::default(),
+            snapshots: Arc::default(),
         };
         Ok(Self {
             db,
@@ -367,6 +400,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let started = std::time::Instant::now();
         // The tables first, so they are at most a batch behind the snapshot
         // (openraft purges the log before it; opening imports a newer one).
         self.persist_current().await?;
@@ -408,6 +442,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             },
         )
         .await?;
+        let took = started.elapsed();
+        self.reader.snapshots.record(bytes.len(), took);
+        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = bytes.len(), ?took, "built a snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }
