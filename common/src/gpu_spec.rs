@@ -90,6 +90,24 @@ pub fn lookup_model(name: &str) -> Result<GpuModel, String> {
     })
 }
 
+/// A simulated GPU's UUID, `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, stable for (node, index).
+pub fn sim_gpu_uuid(node_name: &str, index: u32) -> String {
+    let mut input = Vec::with_capacity(node_name.len() + 5);
+    input.extend_from_slice(node_name.as_bytes());
+    // The separator keeps ("gpu1", 1) and ("gpu", 11) apart.
+    input.push(0);
+    input.extend_from_slice(&index.to_le_bytes());
+    let h = format!("{:032x}", fnv1a_128(&input));
+    format!("GPU-{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// FNV-1a, 128 bits: stable ids from names (not a cryptographic hash).
+pub fn fnv1a_128(bytes: &[u8]) -> u128 {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013b;
+    bytes.iter().fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

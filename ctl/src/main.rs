@@ -14,6 +14,7 @@
 //! - `table`: aligned human output.
 
 mod admin_client;
+mod bench;
 mod certs;
 mod cluster_cmds;
 mod dev;
@@ -166,6 +167,8 @@ enum Cmd {
     Dev(dev::DevArgs),
     /// Offline runs of the placement engine (trace replay).
     Sim(sim::SimArgs),
+    /// Load tests against real coordinators (a swarm of simulated nodes).
+    Bench(bench::BenchArgs),
     /// Print a man page or a shell completion script (used to build packages).
     #[command(hide = true)]
     Generate {
@@ -258,6 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Cmd::Undrain { node } => drain::drain(&client, &node, false, false, Duration::ZERO, json).await,
             Cmd::Dev(args) => dev::run(args).await,
+            Cmd::Bench(args) => bench::run(args, json).await,
             Cmd::Certs(_) | Cmd::Generate { .. } | Cmd::Sim(_) => Ok(()),
         }
     })

@@ -39,7 +39,7 @@
 //! existing instance is refused with the geometry's error. Each GPU also models an MPS control daemon (start,
 //! stop, client count), reported as `mps_clients`.
 
-use gantry_common::gpu_spec::{GpuGroup, GpuModel};
+use gantry_common::gpu_spec::{fnv1a_128, sim_gpu_uuid, GpuGroup, GpuModel};
 use gantry_common::model::{GpuHealth, GpuInfo, GpuSharing, GpuTelemetry, MigMode};
 use gantry_placement::mig::{self, MigLayout};
 use gantry_placement::GpuShare;
@@ -82,7 +82,7 @@ impl SimBackend {
             .flat_map(|g| (0..g.count).map(move |_| &g.model))
             .enumerate()
             .map(|(i, model)| SimGpu {
-                uuid: sim_uuid(node_name, i as u32),
+                uuid: sim_gpu_uuid(node_name, i as u32),
                 model: model.clone(),
                 mig_mode: if model.mig_capable { MigMode::Disabled } else { MigMode::Unsupported },
                 // MIG-capable models are the SXM-class boards, which sit on one
@@ -360,7 +360,7 @@ fn share_utilization_pct(model: &GpuModel, share: &GpuShare) -> f64 {
 
 /// `MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, stable for (node, GPU, profile, start).
 fn mig_uuid(node_name: &str, index: u32, profile: &str, start: u8) -> String {
-    let gpu = sim_uuid(node_name, index);
+    let gpu = sim_gpu_uuid(node_name, index);
     let mut input = Vec::with_capacity(gpu.len() + profile.len() + 2);
     input.extend_from_slice(gpu.as_bytes());
     input.push(0);
@@ -385,23 +385,6 @@ const POWER_JITTER_FRACTION: f64 = 0.01;
 /// more than the GPU has.
 fn driver_reserve_mib(total_mib: u64) -> u64 {
     (total_mib / 200).clamp(64, 512).min(total_mib)
-}
-
-/// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, stable for (node, index).
-fn sim_uuid(node_name: &str, index: u32) -> String {
-    let mut input = Vec::with_capacity(node_name.len() + 5);
-    input.extend_from_slice(node_name.as_bytes());
-    // The separator keeps ("gpu1", 1) and ("gpu", 11) apart.
-    input.push(0);
-    input.extend_from_slice(&index.to_le_bytes());
-    let h = format!("{:032x}", fnv1a_128(&input));
-    format!("GPU-{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
-}
-
-fn fnv1a_128(bytes: &[u8]) -> u128 {
-    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
-    const PRIME: u128 = 0x0000000001000000000000000000013b;
-    bytes.iter().fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
 }
 
 /// Small deterministic generator for jitter (SplitMix64).
@@ -475,8 +458,8 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), 16);
         // Pinned: a change here would rename every simulated GPU in the field.
-        assert_eq!(sim_uuid("node-a", 0), "GPU-e8d3b00f-c7c3-bf6b-903a-24e782001e61");
-        assert_ne!(sim_uuid("gpu1", 1), sim_uuid("gpu", 11));
+        assert_eq!(sim_gpu_uuid("node-a", 0), "GPU-e8d3b00f-c7c3-bf6b-903a-24e782001e61");
+        assert_ne!(sim_gpu_uuid("gpu1", 1), sim_gpu_uuid("gpu", 11));
         assert_eq!(format!("{:032x}", fnv1a_128(b"")), "6c62272e07bb014262b821756295c58d");
         assert_eq!(format!("{:032x}", fnv1a_128(b"a")), "d228cb696f1a8caf78912b704e4a8964");
     }

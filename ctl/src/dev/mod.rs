@@ -18,8 +18,8 @@
 
 mod agents;
 mod demo;
-mod layout;
-mod processes;
+pub(crate) mod layout;
+pub(crate) mod processes;
 mod runtime;
 
 use std::io::IsTerminal as _;
@@ -36,7 +36,7 @@ use crate::admin_client::AdminClient;
 use crate::out::{out, outln};
 use agents::AgentSetup;
 use processes::Running;
-use runtime::RuntimeChoice;
+pub(crate) use runtime::RuntimeChoice;
 
 /// Each simulated agent's GPUs unless --gpus says otherwise.
 const DEFAULT_SIM_GPUS: &str = "8xH100-80GB";
@@ -238,7 +238,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 }
 
 /// The directory holding `gantry-coordinator` and `gantry-agent`: next to this binary.
-fn binaries_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn binaries_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating gantryctl")?;
     let dir = exe.parent().map(Path::to_path_buf).context("gantryctl has no parent directory")?;
     for bin in ["gantry-coordinator", "gantry-agent"] {
