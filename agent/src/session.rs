@@ -32,6 +32,11 @@ use crate::workloads::manager::Logs;
 const SOFTWARE: &str = concat!("gantry-agent ", env!("CARGO_PKG_VERSION"));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// A registration waits for a Raft write, which a leader that thousands of
+/// agents reach at once (a fleet restart, a failover) queues behind the
+/// others: timing it out after [`CALL_TIMEOUT`] makes an agent reconnect and
+/// register again, adding to the queue it gave up on.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
 const REFUSED_BACKOFF: Duration = Duration::from_secs(5);
 /// How long the leader may hold an allocation watch open.
 const WATCH_WAIT: Duration = Duration::from_secs(15);
@@ -219,7 +224,7 @@ impl Session {
             Ok(info) => info,
             Err(e) => return End::Failed(format!("reading GPU inventory: {e}")),
         };
-        match self.call(conn, addr, AgentRequest::Register(info)).await {
+        match call(conn, addr, AgentRequest::Register(info), REGISTER_TIMEOUT).await {
             Ok(AgentResponse::Registered) => {
                 info!(%addr, "registered with the leader");
                 systemd::ready(&format!("registered with leader {addr}"));

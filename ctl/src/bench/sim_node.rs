@@ -29,6 +29,7 @@ const SOFTWARE: &str = concat!("gantry-swarm ", env!("CARGO_PKG_VERSION"));
 // The agent's timeouts (agent/src/session.rs), so that failover is measured as agents see it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Reports wait for a Raft write.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(15);
 const WATCH_WAIT: Duration = Duration::from_secs(15);
@@ -129,7 +130,7 @@ async fn serve(
 
 async fn session(slot: &NodeSlot, shared: &Shared, conn: &quinn::Connection, addr: &str) -> End {
     let info = node_info(&slot.name, &slot.gpus);
-    match call(conn, addr, AgentRequest::Register(info), CALL_TIMEOUT).await {
+    match call(conn, addr, AgentRequest::Register(info), REGISTER_TIMEOUT).await {
         Ok(AgentResponse::Registered) => {
             slot.set_leader(Some(addr.to_string()));
             shared.registrations.fetch_add(1, Ordering::Relaxed);
