@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use gantry_common::model::NodeStatus;
+
 use crate::service::Service;
 use crate::state::Command;
 
@@ -16,6 +18,7 @@ pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading = false;
+    let mut held_back = 0usize;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -37,16 +40,41 @@ pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
         }
         let now = Instant::now();
         let changes = {
-            let telemetry = service.telemetry.lock();
-            service.state.read(|s| {
-                telemetry.liveness.evaluate(now, s.nodes.iter().map(|(name, n)| (name.as_str(), n.status)))
-            })
+            // The statuses first, the telemetry lock after: never one lock
+            // held while waiting for the other (heartbeats take the telemetry lock).
+            let statuses: Vec<(String, NodeStatus)> =
+                service.state.read(|s| s.nodes.iter().map(|(name, n)| (name.clone(), n.status)).collect());
+            let mut telemetry = service.telemetry.lock();
+            let evaluation = telemetry
+                .liveness
+                .evaluate(now, statuses.iter().map(|(name, status)| (name.as_str(), *status)));
+            if evaluation.held_back > 0 && held_back == 0 {
+                warn!(
+                    silent = evaluation.held_back,
+                    "many nodes fell silent at once: more likely this leader is overloaded or cut off; \
+                     they go down if still silent after another node_down_after_secs"
+                );
+            }
+            held_back = evaluation.held_back;
+            let changes = evaluation.changes;
+            let down = changes.iter().filter(|(_, s)| *s == NodeStatus::Down).count() as u64;
+            telemetry.status_changes.0 += down;
+            telemetry.status_changes.1 += changes.len() as u64 - down;
+            changes
         };
+        // Side by side, so that Raft carries them in a few entries: one at a
+        // time, each waited for its commit, a thousand changes (a rack lost,
+        // a fleet back after a failover) took minutes to record.
+        let mut writes = tokio::task::JoinSet::new();
         for (node, status) in changes {
             info!(%node, status = status.as_str(), "node liveness changed");
-            if let Err(e) = service.write(Command::SetNodeStatus { node: node.clone(), status }).await {
-                warn!(%node, "could not commit node status: {e}");
-            }
+            let service = service.clone();
+            writes.spawn(async move {
+                if let Err(e) = service.write(Command::SetNodeStatus { node: node.clone(), status }).await {
+                    warn!(%node, "could not commit node status: {e}");
+                }
+            });
         }
+        while writes.join_next().await.is_some() {}
     }
 }

@@ -53,6 +53,10 @@ struct Cli {
     /// Mark a node down after this many seconds without heartbeats.
     #[arg(long)]
     node_down_after_secs: Option<u64>,
+    /// After becoming leader, wait this many seconds (or --node-down-after-secs,
+    /// if longer) for a node's first heartbeat before marking it down.
+    #[arg(long)]
+    node_failover_grace_secs: Option<u64>,
     /// Log filter, e.g. info or gantry_coordinator=debug,info.
     #[arg(long, env = "GANTRY_LOG")]
     log_level: Option<String>,
@@ -141,6 +145,9 @@ fn build_config(cli: &Cli) -> anyhow::Result<CoordinatorConfig> {
     }
     if let Some(v) = cli.node_down_after_secs {
         c.node_down_after_secs = v;
+    }
+    if let Some(v) = cli.node_failover_grace_secs {
+        c.node_failover_grace_secs = v;
     }
     if let Some(v) = &cli.log_level {
         c.log_level = v.clone();

@@ -28,6 +28,7 @@ pub struct Metrics {
     nodes: Family<StatusLabel, Gauge>,
     gpus: Gauge,
     heartbeats: Counter<u64, AtomicU64>,
+    status_changes: Family<StatusLabel, Counter<u64, AtomicU64>>,
     workloads: Gauge,
     allocs: Family<StatusLabel, Gauge>,
     placements: Counter<u64, AtomicU64>,
@@ -61,6 +62,12 @@ impl Metrics {
             "heartbeats_received",
             "Agent heartbeats received while leader",
             heartbeats.clone(),
+        );
+        let status_changes = Family::<StatusLabel, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "node_status_changes",
+            "Nodes this coordinator marked down or ready again from heartbeats while leader",
+            status_changes.clone(),
         );
         let workloads = Gauge::default();
         let allocs = Family::<StatusLabel, Gauge>::default();
@@ -106,6 +113,7 @@ impl Metrics {
             nodes,
             gpus,
             heartbeats,
+            status_changes,
             workloads,
             allocs,
             placements,
@@ -151,11 +159,13 @@ impl Metrics {
         self.snapshot_bytes.set(bytes as i64);
         self.snapshot_build_seconds.set(seconds);
         catch_up(&self.snapshots_built, built);
-        let received = service.telemetry.lock().heartbeats_received;
-        let counted = self.heartbeats.get();
-        if received > counted {
-            self.heartbeats.inc_by(received - counted);
-        }
+        let (received, (down, ready)) = {
+            let t = service.telemetry.lock();
+            (t.heartbeats_received, t.status_changes)
+        };
+        catch_up(&self.heartbeats, received);
+        catch_up(&self.status_changes.get_or_create(&StatusLabel { status: "down".into() }), down);
+        catch_up(&self.status_changes.get_or_create(&StatusLabel { status: "ready".into() }), ready);
         let mut out = String::new();
         encode(&mut out, &self.registry)?;
         Ok(out)

@@ -111,7 +111,10 @@ pub async fn run(
         id: config.id,
         raft: raft.clone(),
         state,
-        telemetry: TelemetryStore::new(Duration::from_secs(config.node_down_after_secs)),
+        telemetry: TelemetryStore::new(
+            Duration::from_secs(config.node_down_after_secs),
+            Duration::from_secs(config.node_failover_grace_secs),
+        ),
         peers,
         scheduler_stats: Default::default(),
         agent_links: Default::default(),

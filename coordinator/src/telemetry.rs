@@ -32,17 +32,20 @@ pub struct Inner {
     pub liveness: Liveness,
     pub samples: HashMap<String, NodeSample>,
     pub heartbeats_received: u64,
+    /// Liveness changes this coordinator decided while leading: (down, ready).
+    pub status_changes: (u64, u64),
     /// Nodes whose last desired-set stream failed: when, and why.
     pub stream_problems: HashMap<String, (Instant, String)>,
 }
 
 impl TelemetryStore {
-    pub fn new(node_down_after: Duration) -> TelemetryStore {
+    pub fn new(node_down_after: Duration, failover_grace: Duration) -> TelemetryStore {
         TelemetryStore {
             inner: Arc::new(Mutex::new(Inner {
-                liveness: Liveness::new(node_down_after),
+                liveness: Liveness::new(node_down_after, failover_grace),
                 samples: HashMap::new(),
                 heartbeats_received: 0,
+                status_changes: (0, 0),
                 stream_problems: HashMap::new(),
             })),
         }
@@ -66,6 +69,17 @@ impl TelemetryStore {
         if newer {
             inner.samples.insert(hb.node, NodeSample { seq: hb.seq, at: now, host: hb.host, gpus: hb.gpus });
         }
+    }
+
+    /// Records a heartbeat from a node already heard from during this
+    /// leadership (it registered with this leader, so it is in the state);
+    /// gives the heartbeat back otherwise, for the caller to check.
+    pub fn record_if_heard(&self, hb: Heartbeat, now: Instant) -> Result<(), Heartbeat> {
+        if self.lock().liveness.last_seen(&hb.node).is_none() {
+            return Err(hb);
+        }
+        self.record(hb, now);
+        Ok(())
     }
 
     pub fn sample(&self, node: &str) -> Option<NodeSample> {

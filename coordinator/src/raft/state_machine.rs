@@ -401,28 +401,36 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let started = std::time::Instant::now();
-        // The tables first, so they are at most a batch behind the snapshot
-        // (openraft purges the log before it; opening imports a newer one).
+        // The tables first, then the snapshot is an export of them, read in
+        // a redb read transaction on the blocking pool: no lock on the state
+        // is held while thousands of records are encoded, so applies,
+        // heartbeats and views go on meanwhile (encoding 10 MB of state under
+        // the read lock held them up for a quarter of a second). A batch
+        // applied meanwhile only makes the export a little newer; it is
+        // consistent either way, since each write of the tables is one
+        // transaction with its applied index.
         self.persist_current().await?;
-        let (bytes, last_applied, last_membership) = {
-            let applied = self.reader.lock_read();
-            let bytes = encode("snapshot data", &*applied)
-                .map_err(|f| f.io(|e| StorageIOError::write_snapshot(None, e)))?;
-            (bytes, applied.last_applied, applied.last_membership.clone())
-        };
         let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
-            None => format!("none-{seq}"),
-        };
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership, snapshot_id };
-        let meta_bytes =
-            encode("snapshot meta", &meta).map_err(|f| f.io(|e| StorageIOError::write_snapshot(None, e)))?;
-
         let db = Arc::clone(&self.db);
-        let bytes = blocking(
+        let (meta, bytes) = blocking(
             |e| StorageIOError::write_snapshot(None, e),
             move || {
+                let exported = {
+                    let txn = db.begin_read()?;
+                    machine_tables::load(&txn)?.unwrap_or_default()
+                };
+                let bytes = encode("snapshot data", &exported)?;
+                let last_applied = exported.last_applied;
+                let snapshot_id = match last_applied {
+                    Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
+                    None => format!("none-{seq}"),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id: last_applied,
+                    last_membership: exported.last_membership.clone(),
+                    snapshot_id,
+                };
+                let meta_bytes = encode("snapshot meta", &meta)?;
                 let txn = db.begin_write()?;
                 {
                     let mut table = txn.open_table(MACHINE)?;
@@ -438,7 +446,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                     }
                 }
                 txn.commit()?;
-                Ok(bytes)
+                Ok((meta, bytes))
             },
         )
         .await?;

@@ -127,6 +127,12 @@ impl Service {
                 AgentResponse::Registered
             }
             AgentRequest::Heartbeat(hb) => {
+                // Thousands a second: most need not wait for the state's lock
+                // (which an apply can be queued for behind a planning round).
+                let hb = match self.telemetry.record_if_heard(hb, Instant::now()) {
+                    Ok(()) => return AgentResponse::HeartbeatAck,
+                    Err(hb) => hb,
+                };
                 if !self.state.read(|s| s.nodes.contains_key(&hb.node)) {
                     return AgentResponse::UnknownNode;
                 }
