@@ -39,7 +39,7 @@ pub struct PeerClient {
     peers: Arc<Mutex<HashMap<String, Slot>>>,
     /// Calls given up on since the last answered one, by peer address
     /// (std `Mutex`, as above).
-    given_up: Arc<Mutex<HashMap<String, u32>>>,
+    given_up: Arc<Mutex<HashMap<String, (u32, std::time::Instant)>>>,
     /// The protocol version agreed with each peer on its live connection
     /// (absent: not connected). std `Mutex`, as above.
     versions: Arc<Mutex<HashMap<String, u32>>>,
@@ -47,13 +47,21 @@ pub struct PeerClient {
     max_protocol: u32,
 }
 
-/// Calls given up on in a row after which a peer's connection is replaced.
+/// Calls given up on in a row after which a peer's connection is replaced,
+/// once the first of them is [`UNANSWERED_BEFORE_RECONNECT`] old.
 const GIVEN_UP_BEFORE_RECONNECT: u32 = 3;
+/// A busy peer answers late, and a new connection (a handshake on a host
+/// already short of CPU) makes it later: three calls cancelled at
+/// openraft's 100 ms deadline replaced connections under load, the leader
+/// backed off from a peer it had just cut off, and followers campaigned.
+/// A restarted peer resets its old connections at once by itself (the
+/// stateless-reset key survives restarts); this is the fallback.
+const UNANSWERED_BEFORE_RECONNECT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Counts a call as given up on unless it was answered, also when its
 /// future is dropped (openraft cancels RPCs at their deadline).
 struct GivenUp<'a> {
-    counts: &'a Mutex<HashMap<String, u32>>,
+    counts: &'a Mutex<HashMap<String, (u32, std::time::Instant)>>,
     addr: &'a str,
     answered: bool,
 }
@@ -64,7 +72,7 @@ impl Drop for GivenUp<'_> {
         if self.answered {
             counts.remove(self.addr);
         } else {
-            *counts.entry(self.addr.to_string()).or_insert(0) += 1;
+            counts.entry(self.addr.to_string()).or_insert((0, std::time::Instant::now())).0 += 1;
         }
     }
 }
@@ -123,7 +131,9 @@ impl PeerClient {
         // (heartbeats go every 100 ms) replace it.
         {
             let mut given_up = self.given_up.lock().unwrap_or_else(|p| p.into_inner());
-            if given_up.get(addr).is_some_and(|n| *n >= GIVEN_UP_BEFORE_RECONNECT) {
+            if given_up.get(addr).is_some_and(|(n, since)| {
+                *n >= GIVEN_UP_BEFORE_RECONNECT && since.elapsed() >= UNANSWERED_BEFORE_RECONNECT
+            }) {
                 given_up.remove(addr);
                 conn.close(0u32.into(), b"calls go unanswered");
             }

@@ -69,7 +69,12 @@ impl PeerNetwork {
         let timeout = option.hard_ttl().max(Duration::from_millis(200));
         match self.client.call(&self.addr, &req, timeout).await {
             Ok(resp) => Ok(resp),
-            Err(e) if e.is_unreachable() => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            // Unreachable makes openraft hold off that peer for 500 ms; a call
+            // that merely took too long (a busy peer) is a network error,
+            // retried with the next heartbeat.
+            Err(e @ gantry_common::rpc::RpcError::Unreachable { .. }) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }
