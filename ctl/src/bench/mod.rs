@@ -74,6 +74,11 @@ struct SwarmArgs {
     /// Clients submitting one workload at a time, side by side.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     clients: u64,
+    /// Nice value of the threads that run the simulated nodes (0-19). Real
+    /// agents run on other hosts; on one machine they would otherwise take
+    /// CPU from the coordinators they are measuring. 0: compete equally.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    swarm_nice: i32,
     /// Give up when one phase takes longer than this many seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
     phase_timeout_secs: u64,
@@ -111,6 +116,7 @@ async fn swarm(a: SwarmArgs, json: bool) -> anyhow::Result<()> {
             steady: Duration::from_secs(a.steady_secs),
             clients: a.clients as usize,
             phase_limit: Duration::from_secs(a.phase_timeout_secs),
+            swarm_nice: a.swarm_nice,
         };
         let (dir, _temp) = match &a.dir {
             Some(d) => {

@@ -47,6 +47,21 @@ pub struct SwarmReport {
     pub failover_election_s: f64,
     /// kill -9 of the leader: until every node registered with the new one.
     pub failover_reporting_s: f64,
+    /// Heartbeat round trips the nodes saw from registration to the
+    /// failover (upper bounds of power-of-two ms buckets).
+    pub heartbeat_rtt_p50_ms: f64,
+    pub heartbeat_rtt_p99_ms: f64,
+    /// Heartbeats that failed or timed out over the same span.
+    pub heartbeat_failures: u64,
+    /// Heartbeats a node sent more than two intervals after its last one
+    /// (the swarm process itself was late).
+    pub heartbeats_sent_late: u64,
+    /// Nodes the leader marked down that the bench had not silenced
+    /// (the leader as of the failover phase, over its leadership).
+    pub spurious_down_marks: u64,
+    /// Raft terms that passed between registration and the failover phase:
+    /// elections nobody asked for (0 in a healthy run).
+    pub elections_before_failover: u64,
 }
 
 impl SwarmReport {
@@ -62,7 +77,16 @@ impl SwarmReport {
                 "  leader:                {:.0} % CPU, {:.0} MiB RSS; largest follower {:.0} MiB ({:.0} s window)",
                 r.leader_cpu_pct, r.leader_rss_mib, r.follower_rss_mib, r.steady_window_s
             ),
-            format!("  heartbeats:            {:.0}/s at the leader", r.heartbeats_per_s),
+            format!(
+                "  heartbeats:            {:.0}/s at the leader; round trip p50 <{:.0} ms, p99 <{:.0} ms; {} failed, {} sent late; {} nodes marked down that were alive",
+                r.heartbeats_per_s,
+                r.heartbeat_rtt_p50_ms,
+                r.heartbeat_rtt_p99_ms,
+                r.heartbeat_failures,
+                r.heartbeats_sent_late,
+                r.spurious_down_marks
+            ),
+            format!("  unplanned elections:   {}", r.elections_before_failover),
             format!(
                 "  placements:            {:.0}/s one workload of {} replicas; {:.0}/s {} workloads by batch; {:.0}/s {} workloads from {} clients",
                 r.placements_per_s_single_workload,

@@ -13,7 +13,7 @@ use gantry_common::workload::WorkloadSpec;
 
 use super::cluster::{cpu_seconds, rss_mib, Cluster};
 use super::report::{metric, one_percent, phase_size, SwarmReport};
-use super::swarm::Swarm;
+use super::swarm::{RttHistogram, Swarm};
 use crate::admin_client::AdminClient;
 use crate::workload_cmds;
 
@@ -28,6 +28,8 @@ pub struct RunPlan {
     pub clients: usize,
     /// The longest any one phase may take.
     pub phase_limit: Duration,
+    /// Nice value of the simulated nodes' threads.
+    pub swarm_nice: i32,
 }
 
 pub async fn run(plan: &RunPlan, dir: &std::path::Path, say: &dyn Fn(&str)) -> anyhow::Result<SwarmReport> {
@@ -60,6 +62,7 @@ async fn phases(plan: &RunPlan, cluster: &mut Cluster, say: &dyn Fn(&str)) -> an
         &plan.groups,
         cluster.listen_addrs(),
         plan.heartbeat_every,
+        plan.swarm_nice,
         &|done| say(&format!("  {done}/{n} certificates")),
     )
     .await?;
@@ -96,6 +99,13 @@ async fn measure(
         (ready >= n, format!("{ready}/{n} ready"))
     })
     .await?;
+
+    let term0 = status(&admin).await?.term;
+    let rtt0 = swarm.shared.heartbeat_rtt.counts();
+    let (fail0, late0) = (
+        swarm.shared.heartbeat_failures.load(Ordering::Relaxed),
+        swarm.shared.late_sends.load(Ordering::Relaxed),
+    );
 
     // Steady state.
     say(&format!("steady state for {:.0} s…", plan.steady.as_secs_f64()));
@@ -204,7 +214,10 @@ async fn measure(
     })
     .await?;
 
-    // Snapshot, then a wiped follower.
+    // Snapshot, then a wiped follower. The leader may have changed (an
+    // election under load): ask again.
+    let leader = cluster.wait_leader(limit).await?;
+    let admin = cluster.client(leader)?;
     let metrics = admin.get_raw("/metrics").await?.1;
     let text = String::from_utf8_lossy(&metrics);
     r.snapshot_bytes = metric(&text, "gantry_raft_snapshot_size_bytes", "").unwrap_or(0.0) as u64;
@@ -231,7 +244,18 @@ async fn measure(
         r.wiped_follower_catch_up_s = t0.elapsed().as_secs_f64();
     }
 
-    // Failover.
+    let rtt1 = swarm.shared.heartbeat_rtt.counts();
+    r.heartbeat_rtt_p50_ms = RttHistogram::quantile_ms(&rtt0, &rtt1, 0.5);
+    r.heartbeat_rtt_p99_ms = RttHistogram::quantile_ms(&rtt0, &rtt1, 0.99);
+    r.heartbeat_failures = swarm.shared.heartbeat_failures.load(Ordering::Relaxed) - fail0;
+    r.heartbeats_sent_late = swarm.shared.late_sends.load(Ordering::Relaxed) - late0;
+    let downs =
+        leader_metric(&admin, "gantry_node_status_changes_total", "{status=\"down\"}").await.unwrap_or(0.0);
+    r.spurious_down_marks = (downs as u64).saturating_sub(r.dead_nodes as u64);
+
+    // Failover, of the leader as of now.
+    let leader = cluster.wait_leader(limit).await?;
+    r.elections_before_failover = status(&cluster.client(leader)?).await?.term.saturating_sub(term0);
     let old = cluster.listen(leader)?;
     say(&format!("kill -9 of the leader (coordinator {leader})…"));
     let t0 = Instant::now();

@@ -158,8 +158,14 @@ async fn heartbeats(
     tokio::time::sleep(every.mul_f64(fastrand::f64())).await;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sent: Option<Instant> = None;
     loop {
         tick.tick().await;
+        let sent = Instant::now();
+        if last_sent.is_some_and(|l| sent.duration_since(l) > every * 2) {
+            shared.late_sends.fetch_add(1, Ordering::Relaxed);
+        }
+        last_sent = Some(sent);
         let seq = slot.heartbeat_seq.fetch_add(1, Ordering::Relaxed);
         let gpus = telemetry(&slot.gpus, &running.borrow());
         let hb = Heartbeat {
@@ -171,10 +177,14 @@ async fn heartbeats(
         match call(conn, addr, AgentRequest::Heartbeat(hb), CALL_TIMEOUT).await {
             Ok(AgentResponse::HeartbeatAck) => {
                 shared.heartbeats.fetch_add(1, Ordering::Relaxed);
+                shared.heartbeat_rtt.record(sent.elapsed());
             }
             Ok(AgentResponse::UnknownNode) => return End::Redirect(Some(addr.to_string())),
             Ok(other) => return unexpected(other),
-            Err(e) => return e,
+            Err(e) => {
+                shared.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
+                return e;
+            }
         }
     }
 }

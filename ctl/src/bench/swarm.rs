@@ -27,6 +27,53 @@ pub struct Shared {
     pub registrations: AtomicU64,
     /// Allocation ids nodes were first asked to run.
     pub started: AtomicU64,
+    /// Heartbeat round trips, as the nodes saw them.
+    pub heartbeat_rtt: RttHistogram,
+    /// Gaps longer than twice the interval between one node's heartbeats
+    /// (its own clock, not the leader's): the node itself was late.
+    pub late_sends: AtomicU64,
+    /// Heartbeats that failed or timed out (each ends the node's connection).
+    pub heartbeat_failures: AtomicU64,
+}
+
+/// Round trips in power-of-two millisecond buckets: bucket `i` holds
+/// those under `2^i` ms (the last, everything longer).
+#[derive(Default)]
+pub struct RttHistogram {
+    buckets: [AtomicU64; 16],
+}
+
+impl RttHistogram {
+    pub fn record(&self, rtt: Duration) {
+        let ms = rtt.as_millis() as u64;
+        let i = (u64::BITS - ms.leading_zeros()) as usize;
+        if let Some(b) = self.buckets.get(i.min(15)) {
+            b.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub fn counts(&self) -> [u64; 16] {
+        std::array::from_fn(|i| self.buckets[i].load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Upper bound, in ms, of the bucket holding quantile `q` of the round
+    /// trips recorded between `before` and `after` (0 with none).
+    pub fn quantile_ms(before: &[u64; 16], after: &[u64; 16], q: f64) -> f64 {
+        let d: Vec<u64> = after.iter().zip(before).map(|(a, b)| a.saturating_sub(*b)).collect();
+        let total: u64 = d.iter().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let want = (q.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in d.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return (1u64 << i) as f64;
+            }
+        }
+        (1u64 << 15) as f64
+    }
 }
 
 /// One simulated node.
@@ -77,6 +124,34 @@ pub struct Swarm {
     pub slots: Vec<Arc<NodeSlot>>,
     endpoints: Vec<quinn::Endpoint>,
     tasks: tokio::task::JoinSet<()>,
+    /// Runs the nodes (and their endpoints); shut down without waiting,
+    /// since a runtime may not be dropped from inside another.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Lowers the calling thread's priority (Linux nice values are per thread).
+#[allow(unsafe_code)]
+fn lower_priority(nice: i32) {
+    use nix::libc;
+    if nice <= 0 {
+        return;
+    }
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+    let failed = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS as _, tid, nice) != 0
+    };
+    if failed {
+        tracing::debug!("could not lower the swarm thread's priority: {}", std::io::Error::last_os_error());
+    }
 }
 
 /// The GPUs of a simulated node, as the agent's `sim` backend lists them.
@@ -112,6 +187,7 @@ impl Swarm {
         groups: &[GpuGroup],
         coordinators: Vec<String>,
         heartbeat_every: Duration,
+        nice: i32,
         progress: &dyn Fn(usize),
     ) -> anyhow::Result<Swarm> {
         let signer = CaSigner::load(pki).context("loading the swarm's CA")?;
@@ -143,7 +219,19 @@ impl Swarm {
             heartbeats: AtomicU64::new(0),
             registrations: AtomicU64::new(0),
             started: AtomicU64::new(0),
+            heartbeat_rtt: RttHistogram::default(),
+            late_sends: AtomicU64::new(0),
+            heartbeat_failures: AtomicU64::new(0),
         });
+        // A runtime of their own, at a lower priority: see `--swarm-nice`.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("gantry-swarm")
+            .enable_all()
+            .on_thread_start(move || lower_priority(nice))
+            .build()
+            .context("starting the swarm's runtime")?;
+        let _entered = runtime.enter();
         let mut endpoints = Vec::new();
         let mut tasks = tokio::task::JoinSet::new();
         for chunk in slots.chunks(NODES_PER_ENDPOINT) {
@@ -154,7 +242,8 @@ impl Swarm {
             }
             endpoints.push(endpoint);
         }
-        Ok(Swarm { shared, slots, endpoints, tasks })
+        drop(_entered);
+        Ok(Swarm { shared, slots, endpoints, tasks, runtime: Some(runtime) })
     }
 
     /// Nodes whose last registration is still current.
@@ -200,5 +289,25 @@ mod tests {
         assert_eq!(gpus[2].mig_mode, MigMode::Unsupported);
         assert_ne!(gpus[0].uuid, gpus[1].uuid);
         assert_eq!(gpus[0].uuid, sim_gpu_uuid("sim-00001", 0));
+    }
+
+    #[test]
+    fn round_trip_quantiles_come_from_the_buckets_between_two_counts() {
+        let h = RttHistogram::default();
+        h.record(Duration::from_millis(300));
+        let before = h.counts();
+        assert_eq!(RttHistogram::quantile_ms(&before, &before, 0.5), 0.0, "nothing in between");
+        for _ in 0..98 {
+            h.record(Duration::from_micros(400)); // under 1 ms
+        }
+        h.record(Duration::from_millis(3)); // under 4 ms
+        h.record(Duration::from_secs(5)); // under 8192 ms
+        let after = h.counts();
+        assert_eq!(RttHistogram::quantile_ms(&before, &after, 0.5), 1.0);
+        assert_eq!(RttHistogram::quantile_ms(&before, &after, 0.99), 4.0);
+        assert_eq!(RttHistogram::quantile_ms(&before, &after, 1.0), 8192.0);
+        // Past the last bucket: counted in it.
+        h.record(Duration::from_secs(100));
+        assert_eq!(RttHistogram::quantile_ms(&after, &h.counts(), 1.0), 32768.0);
     }
 }
