@@ -105,7 +105,7 @@ impl Liveness {
                 NodeStatus::Ready => {
                     ready += 1;
                     if quiet > allowed {
-                        silent_ready.push((name.to_string(), quiet > allowed + self.deadline));
+                        silent_ready.push((name.to_string(), quiet > allowed.saturating_add(self.deadline)));
                     }
                 }
                 // Only a heartbeat heard during this leadership brings a node back.
