@@ -59,7 +59,10 @@ impl TelemetryStore {
     /// stored one (reordered) only refreshes liveness, unless the stored one is
     /// stale, which is what an agent restart (sequence back to 1) looks like.
     pub fn record(&self, hb: Heartbeat, now: Instant) {
-        let mut inner = self.lock();
+        Self::record_in(&mut self.lock(), hb, now);
+    }
+
+    fn record_in(inner: &mut Inner, hb: Heartbeat, now: Instant) {
         inner.heartbeats_received += 1;
         inner.liveness.heartbeat(&hb.node, now);
         let newer = inner
@@ -75,10 +78,11 @@ impl TelemetryStore {
     /// leadership (it registered with this leader, so it is in the state);
     /// gives the heartbeat back otherwise, for the caller to check.
     pub fn record_if_heard(&self, hb: Heartbeat, now: Instant) -> Result<(), Heartbeat> {
-        if self.lock().liveness.last_seen(&hb.node).is_none() {
+        let mut inner = self.lock();
+        if inner.liveness.last_seen(&hb.node).is_none() {
             return Err(hb);
         }
-        self.record(hb, now);
+        Self::record_in(&mut inner, hb, now);
         Ok(())
     }
 
@@ -92,5 +96,41 @@ impl TelemetryStore {
         inner.liveness.lost_leadership();
         inner.samples.clear();
         inner.stream_problems.clear();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn beat(node: &str, seq: u64) -> Heartbeat {
+        Heartbeat {
+            node: node.into(),
+            seq,
+            host: HostTelemetry { cpu_usage_pct: 1.0, memory_used_mib: 1 },
+            gpus: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_nodes_heard_this_leadership_skip_the_state_check() {
+        let store = TelemetryStore::new(Duration::from_secs(10), Duration::from_secs(30));
+        let now = Instant::now();
+        store.lock().liveness.became_leader(now);
+        // Never heard: handed back for the caller to check, nothing recorded.
+        let back = store.record_if_heard(beat("n1", 1), now).unwrap_err();
+        assert_eq!(back.node, "n1");
+        assert_eq!(store.lock().heartbeats_received, 0);
+        assert!(store.sample("n1").is_none());
+        // Heard (registered): recorded at once.
+        store.lock().liveness.heartbeat("n1", now);
+        assert!(store.record_if_heard(beat("n1", 2), now).is_ok());
+        assert_eq!(store.lock().heartbeats_received, 1);
+        assert_eq!(store.sample("n1").map(|s| s.seq), Some(2));
+        // A new leadership forgets who was heard.
+        store.clear();
+        store.lock().liveness.became_leader(now);
+        assert!(store.record_if_heard(beat("n1", 3), now).is_err());
     }
 }
