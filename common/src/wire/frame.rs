@@ -32,8 +32,22 @@ pub enum FrameError {
     Encode(#[source] SchemaError),
     #[error("hello frame does not decode: {0}")]
     Hello(#[source] postcard::Error),
-    #[error("i/o error on stream: {0}")]
+    /// With its causes: quinn's "connection lost" alone does not say
+    /// whether the peer closed, reset or timed out.
+    #[error("i/o error on stream: {}", with_causes(.0))]
     Io(#[from] std::io::Error),
+}
+
+/// `e` and the chain of errors under it, `: `-separated.
+fn with_causes(e: &std::io::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.get_ref().and_then(|inner| inner.source());
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 /// Encodes `msg` as one frame (prefix + body).
@@ -179,6 +193,20 @@ mod tests {
         Ping(u64),
         Text(String),
         Blob(Vec<u8>),
+    }
+
+    #[test]
+    fn io_errors_name_their_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("connection lost")]
+        struct Lost(#[source] Reset);
+        #[derive(Debug, thiserror::Error)]
+        #[error("reset by peer")]
+        struct Reset;
+        let e = FrameError::from(std::io::Error::other(Lost(Reset)));
+        assert_eq!(e.to_string(), "i/o error on stream: connection lost: reset by peer");
+        let plain = FrameError::from(std::io::Error::other("gone"));
+        assert_eq!(plain.to_string(), "i/o error on stream: gone");
     }
 
     #[test]
