@@ -110,6 +110,9 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
 }
 
+/// Longest failover grace accepted (Nomad's default is 300 s).
+const MAX_FAILOVER_GRACE_SECS: u64 = 86_400;
+
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field, reason: reason.into() }
 }
@@ -127,6 +130,15 @@ impl CoordinatorConfig {
         }
         if self.node_down_after_secs == 0 {
             return Err(invalid("node_down_after_secs", "must be at least 1"));
+        }
+        if self.node_failover_grace_secs > MAX_FAILOVER_GRACE_SECS {
+            return Err(invalid(
+                "node_failover_grace_secs",
+                format!(
+                    "{} s is more than a day ({MAX_FAILOVER_GRACE_SECS}): nodes that died with the old leader would never be marked down",
+                    self.node_failover_grace_secs
+                ),
+            ));
         }
         let (min, max) = (gantry_common::wire::MIN_PROTOCOL_VERSION, gantry_common::wire::PROTOCOL_VERSION);
         if !(min..=max).contains(&self.max_protocol_version) {
@@ -224,6 +236,13 @@ mod tests {
         cfg.initial_members.insert(3, "127.0.0.1:3".into());
         cfg.raft.election_timeout_max_ms = 10;
         assert!(cfg.validate().unwrap_err().to_string().contains("raft.election_timeout_max_ms"));
+        cfg.raft = RaftTuning::default();
+        cfg.validate().unwrap();
+        cfg.node_failover_grace_secs = 86_401;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("node_failover_grace_secs") && err.contains("more than a day"), "{err}");
+        cfg.node_failover_grace_secs = 0;
+        cfg.validate().unwrap();
     }
 
     #[test]
