@@ -172,9 +172,7 @@ mod tests {
 
     #[test]
     fn silent_node_goes_down_only_after_the_deadline() {
-        let mut l = Liveness::new(D, D);
-        let start = t0();
-        l.became_leader(start);
+        let (mut l, start) = leading(D);
         l.heartbeat("a", start + Duration::from_secs(1));
         assert!(l.evaluate_changes(start + Duration::from_secs(11), [("a", NodeStatus::Ready)]).is_empty());
         assert_eq!(
@@ -185,9 +183,7 @@ mod tests {
 
     #[test]
     fn new_leader_gives_a_full_deadline() {
-        let mut l = Liveness::new(D, D);
-        let start = t0();
-        l.became_leader(start);
+        let (l, start) = leading(D);
         // Never heard from "b" in this leadership: still ready until the deadline passes.
         assert!(l.evaluate_changes(start + Duration::from_secs(9), [("b", NodeStatus::Ready)]).is_empty());
         assert_eq!(l.evaluate_changes(start + Duration::from_secs(11), [("b", NodeStatus::Ready)]).len(), 1);
@@ -214,15 +210,21 @@ mod tests {
         assert_eq!(short.evaluate_changes(at(11), [("unheard", NodeStatus::Ready)]).len(), 1);
     }
 
+    /// A tracker that became leader just now, and when.
+    fn leading(grace: Duration) -> (Liveness, Instant) {
+        let mut l = Liveness::new(D, grace);
+        let start = t0();
+        l.became_leader(start);
+        (l, start)
+    }
+
     fn fleet(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("n{i:03}")).collect()
     }
 
     #[test]
     fn a_few_silent_nodes_go_down_at_the_deadline() {
-        let mut l = Liveness::new(D, D);
-        let start = t0();
-        l.became_leader(start);
+        let (mut l, start) = leading(D);
         let names = fleet(100);
         // 10 of 100 silent (at the share): all down at the deadline.
         for n in &names[10..] {
@@ -237,9 +239,7 @@ mod tests {
 
     #[test]
     fn mass_silence_waits_a_second_deadline() {
-        let mut l = Liveness::new(D, D);
-        let start = t0();
-        l.became_leader(start);
+        let (mut l, start) = leading(D);
         let names = fleet(100);
         for n in &names {
             l.heartbeat(n, start + Duration::from_secs(1));
@@ -268,9 +268,7 @@ mod tests {
 
     #[test]
     fn a_small_cluster_losing_most_nodes_is_not_held_back() {
-        let mut l = Liveness::new(D, D);
-        let start = t0();
-        l.became_leader(start);
+        let (mut l, start) = leading(D);
         let names = fleet(5);
         l.heartbeat(&names[0], start + Duration::from_secs(5));
         let e = l
@@ -281,9 +279,7 @@ mod tests {
 
     #[test]
     fn down_node_comes_back_on_heartbeat() {
-        let mut l = Liveness::new(D, D);
-        let start = t0();
-        l.became_leader(start);
+        let (mut l, start) = leading(D);
         // A node recorded down by an earlier leader stays down without a heartbeat.
         assert!(l.evaluate_changes(start + Duration::from_secs(1), [("a", NodeStatus::Down)]).is_empty());
         l.heartbeat("a", start + Duration::from_secs(2));
@@ -295,9 +291,7 @@ mod tests {
 
     #[test]
     fn reordered_heartbeats_do_not_move_time_back() {
-        let mut l = Liveness::new(D, D);
-        let start = t0();
-        l.became_leader(start);
+        let (mut l, start) = leading(D);
         l.heartbeat("a", start + Duration::from_secs(5));
         l.heartbeat("a", start + Duration::from_secs(1));
         assert_eq!(l.last_seen("a"), Some(start + Duration::from_secs(5)));
@@ -305,9 +299,7 @@ mod tests {
 
     #[test]
     fn losing_leadership_forgets_heartbeats() {
-        let mut l = Liveness::new(D, D);
-        let start = t0();
-        l.became_leader(start);
+        let (mut l, start) = leading(D);
         l.heartbeat("a", start);
         l.lost_leadership();
         assert!(!l.is_leading());
