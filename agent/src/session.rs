@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use gantry_common::identity::ALPN_AGENT;
 use gantry_common::rpc::{self, RpcError};
+use gantry_common::slow_calls::SlowCalls;
 use gantry_common::systemd;
 use gantry_common::tls::{self, Identity, COORDINATOR_SERVER_NAME};
 use gantry_common::wire::{
@@ -203,6 +204,13 @@ impl Session {
         .await
         {
             Ok((conn, _)) => conn,
+            // Not this agent's fault: the same coordinator, after the usual
+            // jittered backoff (a fixed pause would bring a refused fleet
+            // back all at once).
+            Err(e @ RpcError::Busy { .. }) => {
+                self.hint = Some(addr.to_string());
+                return End::Failed(e.to_string());
+            }
             Err(e @ (RpcError::Refused { .. } | RpcError::VersionMismatch { .. })) => {
                 return End::Refused(e.to_string())
             }
@@ -255,6 +263,7 @@ impl Session {
         shutdown: &mut watch::Receiver<bool>,
     ) -> End {
         let mut tick = heartbeat_timer(*self.interval.borrow_and_update());
+        let mut slow = SlowCalls::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -267,25 +276,29 @@ impl Session {
                 }
             }
             let hb = sampler.heartbeat().await;
-            match self.call(conn, addr, AgentRequest::Heartbeat(hb)).await {
-                Ok(AgentResponse::HeartbeatAck) => self.status.count_heartbeat(),
+            let received = conn.stats().udp_rx.datagrams;
+            let req = AgentRequest::Heartbeat(hb);
+            match rpc::call(conn, addr, &req, DEFAULT_MAX_FRAME, CALL_TIMEOUT).await {
+                Ok(AgentResponse::HeartbeatAck) => {
+                    slow.answered();
+                    self.status.count_heartbeat();
+                }
                 Ok(AgentResponse::UnknownNode) => {
                     // The leader lost our registration (e.g. a fresh cluster): register again here.
                     return End::Redirect(Some(addr.to_string()));
                 }
                 Ok(other) => return unexpected(other),
-                Err(e) => return e,
+                // Late, but the coordinator still talks to us: it is busy,
+                // and a new link would only add to what keeps it busy.
+                Err(e @ RpcError::Timeout { .. })
+                    if slow.keep_after_timeout(received, conn.stats().udp_rx.datagrams) =>
+                {
+                    warn!(%addr, unanswered = slow.unanswered(), "heartbeat not answered in time; keeping the link: {e}");
+                }
+                Err(RpcError::Refused { reason, .. }) => return End::Refused(reason),
+                Err(e) => return End::Failed(e.to_string()),
             }
         }
-    }
-
-    async fn call(
-        &self,
-        conn: &quinn::Connection,
-        addr: &str,
-        req: AgentRequest,
-    ) -> Result<AgentResponse, End> {
-        call(conn, addr, req, CALL_TIMEOUT).await
     }
 }
 

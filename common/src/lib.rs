@@ -11,6 +11,7 @@
 //! - [`tls`]: cluster CA, certificate issuance, rustls/quinn configs that check roles.
 //! - [`gpu_spec`]: parsing `8xH100-80GB,2xL4-24GB` into simulated GPU descriptions.
 //! - [`rpc`]: one request/response per QUIC stream, the hello exchange, failure classes.
+//! - [`slow_calls`]: whether an agent's link outlives a heartbeat that timed out.
 //! - [`reload`]: the SIGHUP configuration reload loop of both daemons.
 //! - [`strict`]: operators' TOML and JSON, read with unknown fields refused and errors that name the field.
 //! - [`shutdown`]: the SIGTERM/SIGINT stop signal, installed eagerly.
@@ -37,6 +38,7 @@ pub mod reload;
 pub mod rpc;
 pub mod schema;
 pub mod shutdown;
+pub mod slow_calls;
 pub mod strict;
 pub mod systemd;
 pub mod tls;

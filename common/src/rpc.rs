@@ -25,6 +25,10 @@ pub enum RpcError {
     VersionMismatch { addr: String, ours: u32, theirs: u32, software: String },
     #[error("connection to {addr} refused the call: {reason}")]
     Refused { addr: String, reason: String },
+    /// The peer refused the connection before any handshake because it is
+    /// setting up too many at once: retry after a (jittered) pause.
+    #[error("{addr} is busy (too many connections being set up at once); retry shortly")]
+    Busy { addr: String },
     #[error("call to {addr} timed out after {after:?}")]
     Timeout { addr: String, after: Duration },
     #[error("call to {addr} failed: {source}")]
@@ -37,7 +41,7 @@ impl RpcError {
     /// The peer could not be reached at all (try another one); anything else
     /// happened after the peer answered.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, RpcError::Unreachable { .. } | RpcError::Timeout { .. })
+        matches!(self, RpcError::Unreachable { .. } | RpcError::Timeout { .. } | RpcError::Busy { .. })
     }
 }
 
@@ -239,6 +243,13 @@ fn classify_connection_error(addr: &str, e: quinn::ConnectionError) -> RpcError 
             addr: addr.to_string(),
             reason: String::from_utf8_lossy(&close.reason).into_owned(),
         },
+        // What a coordinator sends, before any handshake, when it has too
+        // many in flight (`Incoming::refuse`).
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn_proto::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            RpcError::Busy { addr: addr.to_string() }
+        }
         quinn::ConnectionError::ConnectionClosed(close) => RpcError::Refused {
             addr: addr.to_string(),
             reason: format!("{} {}", close.error_code, String::from_utf8_lossy(&close.reason)),
@@ -247,5 +258,39 @@ fn classify_connection_error(addr: &str, e: quinn::ConnectionError) -> RpcError 
             RpcError::Refused { addr: addr.to_string(), reason: t.to_string() }
         }
         other => RpcError::Unreachable { addr: addr.to_string(), reason: other.to_string() },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn closed(code: quinn_proto::TransportErrorCode) -> quinn::ConnectionError {
+        quinn::ConnectionError::ConnectionClosed(quinn_proto::ConnectionClose {
+            error_code: code,
+            frame_type: None,
+            reason: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_connection_refused_before_its_handshake_is_busy_and_retried() {
+        let e = classify_connection_error(
+            "10.0.0.1:7000",
+            closed(quinn_proto::TransportErrorCode::CONNECTION_REFUSED),
+        );
+        assert!(matches!(&e, RpcError::Busy { addr } if addr == "10.0.0.1:7000"), "{e:?}");
+        assert!(e.is_unreachable(), "busy means: try again later");
+        assert!(e.to_string().contains("busy"), "{e}");
+    }
+
+    #[test]
+    fn other_transport_closes_stay_refusals() {
+        let e = classify_connection_error(
+            "10.0.0.1:7000",
+            closed(quinn_proto::TransportErrorCode::PROTOCOL_VIOLATION),
+        );
+        assert!(matches!(e, RpcError::Refused { .. }), "{e:?}");
     }
 }

@@ -27,9 +27,17 @@ pub const SOFTWARE: &str = concat!("gantry-coordinator ", env!("CARGO_PKG_VERSIO
 /// Most connections served at once (agents + peers + clients).
 const MAX_CONNECTIONS: usize = 16_384;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Accepts connections until `shutdown` turns true.
-pub async fn serve(endpoint: quinn::Endpoint, service: Service, mut shutdown: watch::Receiver<bool>) {
+/// Accepts connections until `shutdown` turns true. Requests from other
+/// coordinators are served on `raft_tasks` (Raft's own runtime), so that an
+/// answer to the leader does not wait behind agents' requests.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    service: Service,
+    raft_tasks: tokio::runtime::Handle,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let incoming = tokio::select! {
@@ -42,10 +50,18 @@ pub async fn serve(endpoint: quinn::Endpoint, service: Service, mut shutdown: wa
             incoming.refuse();
             continue;
         };
+        let Some(handshake) = service.admission.admit() else {
+            // Refused at once and retried later by the peer; logged only
+            // at debug: in a fleet start there are thousands a second.
+            debug!(remote = %incoming.remote_address(), "too many handshakes in flight; refusing");
+            incoming.refuse();
+            continue;
+        };
         let service = service.clone();
+        let raft_tasks = raft_tasks.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            if let Err(reason) = serve_connection(incoming, service).await {
+            if let Err(reason) = serve_connection(incoming, handshake, service, raft_tasks).await {
                 debug!(%remote, %reason, "connection ended");
             }
             drop(permit);
@@ -54,8 +70,21 @@ pub async fn serve(endpoint: quinn::Endpoint, service: Service, mut shutdown: wa
     endpoint.close(0u32.into(), b"coordinator shutting down");
 }
 
-async fn serve_connection(incoming: quinn::Incoming, service: Service) -> Result<(), String> {
-    let conn = incoming.await.map_err(|e| format!("handshake failed: {e}"))?;
+/// `handshake` is this connection's place among the handshakes in flight,
+/// given back once TLS is done (the client's certificate checked).
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+    service: Service,
+    raft_tasks: tokio::runtime::Handle,
+) -> Result<(), String> {
+    // A client that stalls its handshake holds its place only this long
+    // (an agent gives up on its own after 2 s).
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
+        .await
+        .map_err(|_| format!("handshake not finished within {HANDSHAKE_TIMEOUT:?}"))?
+        .map_err(|e| format!("handshake failed: {e}"))?;
+    drop(handshake);
     let alpn = tls::negotiated_alpn(&conn).unwrap_or_default();
     let Some(allowed) = Role::for_alpn(&alpn) else {
         return Err(refuse(&conn, "no Gantry ALPN was negotiated".into()));
@@ -88,14 +117,17 @@ async fn serve_connection(incoming: quinn::Incoming, service: Service) -> Result
     let _link =
         (alpn.as_slice() == ALPN_AGENT).then(|| service.agent_links.register(&who.name, conn.clone()));
     let who = Arc::new(who);
+    let is_raft = alpn.as_slice() == ALPN_RAFT;
+    let main = tokio::runtime::Handle::current();
     loop {
         let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
         let service = service.clone();
         let who = who.clone();
         let alpn = alpn.clone();
-        tokio::spawn(async move {
+        let main = main.clone();
+        let stream = async move {
             let result = match alpn.as_slice() {
-                ALPN_RAFT => serve_peer_stream(send, recv, &service).await,
+                ALPN_RAFT => serve_peer_stream(send, recv, &service, &main).await,
                 ALPN_AGENT => serve_agent_stream(send, recv, &service, &who).await,
                 ALPN_API => serve_api_stream(send, recv, &service).await,
                 _ => Ok(()),
@@ -103,7 +135,12 @@ async fn serve_connection(incoming: quinn::Incoming, service: Service) -> Result
             if let Err(e) = result {
                 debug!(peer = %who, "stream failed: {e}");
             }
-        });
+        };
+        if is_raft {
+            raft_tasks.spawn(stream);
+        } else {
+            tokio::spawn(stream);
+        }
     }
 }
 
@@ -114,10 +151,12 @@ fn refuse(conn: &quinn::Connection, reason: String) -> String {
 
 type StreamResult = Result<(), String>;
 
+/// Runs on Raft's runtime; `main` is the runtime everything else runs on.
 async fn serve_peer_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     service: &Service,
+    main: &tokio::runtime::Handle,
 ) -> StreamResult {
     let Some(req) = read_request::<PeerRequest>(&mut send, &mut recv, PEER_MAX_FRAME).await? else {
         return Ok(());
@@ -133,7 +172,17 @@ async fn serve_peer_stream(
             Err(e) => respond(&mut send, &PeerResponse::Logs(Err(e)), PEER_MAX_FRAME).await,
         };
     }
-    let resp: PeerResponse = service.handle_peer(req).await;
+    let resp: PeerResponse = match req {
+        // Validation and planning for a forwarded write are the main
+        // runtime's work, not Raft's.
+        PeerRequest::Forward { .. } => {
+            let service = service.clone();
+            main.spawn(async move { service.handle_peer(req).await })
+                .await
+                .unwrap_or_else(|e| PeerResponse::Refused(format!("the forwarded request failed: {e}")))
+        }
+        req => service.handle_peer(req).await,
+    };
     respond(&mut send, &resp, PEER_MAX_FRAME).await
 }
 

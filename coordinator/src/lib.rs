@@ -10,9 +10,11 @@
 //! - [`start`]: `run`, which builds and wires every part below — read it first.
 //! - [`config`]: the TOML config and its validation.
 //! - [`state`]: the replicated `State`, the `Command` enum and the pure `apply`.
-//! - [`raft`]: openraft adapters — redb storage, QUIC network, election watchdog.
+//! - [`raft`]: openraft adapters — redb storage, QUIC network, election watchdog,
+//!   and the runtime of its own that they run on.
 //! - [`peer`]: coordinator-to-coordinator messages and connection cache.
-//! - [`endpoint`]: the QUIC accept loop; role checks by ALPN and certificate.
+//! - [`endpoint`]: the QUIC accept loop; role checks by ALPN and certificate;
+//!   [`admission`]: how many handshakes it works on at once.
 //! - [`service`]: what each request does once authenticated (forwarding, writes, views).
 //! - [`liveness`]: the pure heartbeat-deadline tracker.
 //! - [`telemetry`]: the leader's in-memory samples (never replicated).
@@ -33,6 +35,7 @@
 //! ```
 
 pub mod admin;
+pub mod admission;
 pub mod agent_links;
 pub mod alloc_logs;
 pub mod config;

@@ -36,6 +36,7 @@ pub struct Metrics {
     snapshot_bytes: Gauge,
     snapshot_build_seconds: Gauge<f64, AtomicU64>,
     snapshots_built: Counter<u64, AtomicU64>,
+    connections_refused: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -105,6 +106,12 @@ impl Metrics {
             "Snapshots this coordinator built",
             snapshots_built.clone(),
         );
+        let connections_refused = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "connections_refused_busy",
+            "Connections refused at once because the most handshakes this coordinator works on at a time were in flight",
+            connections_refused.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             term,
@@ -121,6 +128,7 @@ impl Metrics {
             snapshot_bytes,
             snapshot_build_seconds,
             snapshots_built,
+            connections_refused,
         }
     }
 
@@ -159,6 +167,7 @@ impl Metrics {
         self.snapshot_bytes.set(bytes as i64);
         self.snapshot_build_seconds.set(seconds);
         catch_up(&self.snapshots_built, built);
+        catch_up(&self.connections_refused, service.admission.refused());
         let (received, (down, ready)) = {
             let t = service.telemetry.lock();
             (t.heartbeats_received, t.status_changes)

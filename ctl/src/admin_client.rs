@@ -18,6 +18,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a write whose outcome is unknown is retried with its key.
 const WRITE_RETRY: Duration = Duration::from_secs(30);
 
+/// No answer came within the request timeout: the outcome of a write is
+/// unknown (it may commit later, e.g. after an election).
+#[derive(Debug, thiserror::Error)]
+#[error("the coordinator did not answer within {0:?}")]
+pub struct NoAnswer(Duration);
+
 /// An error answer of the admin socket.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{error}")]
@@ -32,11 +38,13 @@ pub struct CallError {
 #[derive(Clone, Debug)]
 pub struct AdminClient {
     socket: PathBuf,
+    /// How long one request may take ([`REQUEST_TIMEOUT`]; shorter in tests).
+    timeout: Duration,
 }
 
 impl AdminClient {
     pub fn new(socket: &Path) -> AdminClient {
-        AdminClient { socket: socket.to_path_buf() }
+        AdminClient { socket: socket.to_path_buf(), timeout: REQUEST_TIMEOUT }
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
@@ -66,17 +74,26 @@ impl AdminClient {
         let body = serde_json::to_vec(body).context("encoding the request")?;
         let key = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let started = std::time::Instant::now();
+        let mut asked_again_after_silence = false;
         loop {
             let result = self.exchange(method.clone(), path, Some(body.clone()), Some(&key)).await;
             let retry = match &result {
                 Ok((status, headers, bytes)) if !status.is_success() => {
                     let e = call_error(*status, headers, bytes);
-                    e.outcome_unknown
+                    e.outcome_unknown && started.elapsed() < WRITE_RETRY
                 }
                 Ok(_) => false,
+                // Asked once more with the same key: if the first try
+                // committed meanwhile, the answer is its result, not a
+                // second write.
+                Err(e) if e.downcast_ref::<NoAnswer>().is_some() && !asked_again_after_silence => {
+                    asked_again_after_silence = true;
+                    eprintln!("{e}; asking again (the same write, so it is not done twice)");
+                    true
+                }
                 Err(_) => false,
             };
-            if retry && started.elapsed() < WRITE_RETRY {
+            if retry {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
@@ -96,15 +113,15 @@ impl AdminClient {
     /// status is a success, else the coordinator's error message. Only the
     /// wait for the status line is bounded; the body may go on for ever.
     pub async fn get_stream(&self, path: &str) -> anyhow::Result<hyper::body::Incoming> {
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send_request(Method::GET, path, None, None))
+        let resp = tokio::time::timeout(self.timeout, self.send_request(Method::GET, path, None, None))
             .await
-            .map_err(|_| anyhow!("the coordinator did not answer within {REQUEST_TIMEOUT:?}"))??;
+            .map_err(|_| NoAnswer(self.timeout))??;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp.into_body());
         }
         let headers = resp.headers().clone();
-        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, resp.into_body().collect())
+        let bytes = tokio::time::timeout(self.timeout, resp.into_body().collect())
             .await
             .ok()
             .and_then(Result::ok)
@@ -127,9 +144,7 @@ impl AdminClient {
             let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
             Ok::<_, anyhow::Error>((status, headers, bytes))
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, work)
-            .await
-            .map_err(|_| anyhow!("the coordinator did not answer within {REQUEST_TIMEOUT:?}"))?
+        tokio::time::timeout(self.timeout, work).await.map_err(|_| NoAnswer(self.timeout))?
     }
 
     /// Connects, sends one request and returns the response once its head arrived.
@@ -222,6 +237,62 @@ mod tests {
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello world\n");
         let e = client.get_stream("/v1/allocs/x.0.1/logs").await.unwrap_err().to_string();
         assert_eq!(e, "node-2's agent is not connected");
+    }
+
+    /// A write not answered in time (an election ate the answer) is asked
+    /// once more with the same idempotency key, so it is not done twice;
+    /// a second silence is the caller's error.
+    #[tokio::test]
+    async fn an_unanswered_write_is_asked_again_once_with_its_key() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("admin.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let mut keys = Vec::new();
+            let mut held = Vec::new();
+            for answer in [
+                None,
+                Some("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"),
+                None,
+                None,
+            ] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap();
+                let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                let key = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{}: ", IDEMPOTENCY_HEADER.to_lowercase())))
+                    .map(str::to_string);
+                keys.push(key);
+                if let Some(a) = answer {
+                    s.write_all(a.as_bytes()).await.unwrap();
+                }
+                // Kept open: a close with the body unread would reset the answer.
+                held.push(s);
+            }
+            // Silent, not closed, until the client has given up.
+            let _ = done_rx.await;
+            keys
+        });
+        let mut client = AdminClient::new(&socket);
+        client.timeout = Duration::from_millis(200);
+        let answered: serde_json::Value =
+            client.send(Method::POST, "/v1/workloads", &serde_json::json!({"name": "a"})).await.unwrap();
+        assert_eq!(answered, serde_json::json!({}));
+        let e = client
+            .send::<_, serde_json::Value>(Method::POST, "/v1/workloads", &serde_json::json!({"name": "b"}))
+            .await
+            .unwrap_err();
+        assert!(e.downcast_ref::<NoAnswer>().is_some(), "{e:#}");
+        let _ = done_tx.send(());
+        let keys = server.await.unwrap();
+        assert!(keys.iter().all(Option::is_some), "every write carries a key: {keys:?}");
+        assert_eq!(keys[0], keys[1], "the same write asked again");
+        assert_eq!(keys[2], keys[3]);
+        assert_ne!(keys[0], keys[2], "another write, another key");
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! import. Should the tables lag the newest snapshot (a crash between the
 //! two), opening imports the snapshot, since the log before it may be gone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -53,6 +53,9 @@ pub struct StateReader {
     /// wakes for its own node and not for every write. A std `Mutex`:
     /// nothing awaits under it.
     node_watches: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    /// Batches notified (unheld watches of untouched nodes are swept every
+    /// [`SWEEP_WATCHES_EVERY`]).
+    notified_batches: Arc<AtomicU64>,
     /// The last snapshot this coordinator built (for `/metrics`).
     snapshots: Arc<SnapshotStats>,
 }
@@ -125,19 +128,41 @@ impl StateReader {
         watches.entry(node.to_string()).or_insert_with(|| watch::channel(revision).0).subscribe()
     }
 
-    fn notify(&self, last_applied: Option<LogId<NodeId>>) {
+    /// Tells the watchers that `last_applied` is applied. `touched`: the
+    /// nodes the batch changed (only their watches are looked at: at 5,000
+    /// watched nodes a pass over all of them per batch was the largest
+    /// cost on Raft's thread); `None` (a snapshot installed): every node.
+    fn notify(&self, last_applied: Option<LogId<NodeId>>, touched: Option<&BTreeSet<String>>) {
         self.changed.send_replace(last_applied.map_or(0, |l| l.index));
         let applied = self.lock_read();
         let mut watches = self.node_watches.lock().unwrap_or_else(PoisonError::into_inner);
-        // O(watched nodes) per batch; watches nobody holds any more go.
-        watches.retain(|node, tx| {
-            if tx.receiver_count() == 0 {
-                return false;
-            }
-            let revision = applied.state.nodes.get(node).map_or(u64::MAX, |n| n.alloc_revision);
+        let revision_of = |node: &str| applied.state.nodes.get(node).map_or(u64::MAX, |n| n.alloc_revision);
+        let send = |tx: &watch::Sender<u64>, revision: u64| {
             tx.send_if_modified(|current| std::mem::replace(current, revision) != revision);
-            true
-        });
+        };
+        let batches = self.notified_batches.fetch_add(1, Ordering::Relaxed) + 1;
+        match touched {
+            Some(nodes) => {
+                for node in nodes {
+                    match watches.get(node.as_str()) {
+                        // Watches nobody holds any more go.
+                        Some(tx) if tx.receiver_count() == 0 => {
+                            watches.remove(node.as_str());
+                        }
+                        Some(tx) => send(tx, revision_of(node)),
+                        None => {}
+                    }
+                }
+                // Now and then, also those of nodes no batch touches.
+                if batches.is_multiple_of(SWEEP_WATCHES_EVERY) {
+                    watches.retain(|_, tx| tx.receiver_count() > 0);
+                }
+            }
+            None => watches.retain(|node, tx| {
+                send(tx, revision_of(node));
+                tx.receiver_count() > 0
+            }),
+        }
     }
 }
 
@@ -213,6 +238,7 @@ impl StateMachineStore {
             applied: Arc::new(RwLock::new(applied)),
             changed: Arc::new(changed),
             node_watches: Arc::default(),
+            notified_batches: Arc::default(),
             snapshots: Arc::default(),
         };
         Ok(Self {
@@ -292,10 +318,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // views, the planner) wait for it, never for the encoding and the
         // fsync, which run on the blocking pool under a read lock.
         // openraft applies one batch at a time, so nothing writes between.
-        let (responses, last_applied) = {
+        let (responses, last_applied, touched) = {
             let mut applied = self.reader.lock_write();
+            let mark = applied.state.nodes.change_mark();
             let responses: Vec<_> = entries.into_iter().map(|entry| applied.apply(entry)).collect();
-            (responses, applied.last_applied)
+            let touched: BTreeSet<String> = applied.state.nodes.changed_since(mark).iter().cloned().collect();
+            (responses, applied.last_applied, touched)
         };
         if responses.is_empty() {
             return Ok(responses);
@@ -313,7 +341,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if due {
             self.persist_current().await?;
         }
-        self.reader.notify(last_applied);
+        self.reader.notify(last_applied, Some(&touched));
         Ok(responses)
     }
 
@@ -370,7 +398,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             },
         )
         .await?;
-        self.reader.notify(last_applied);
+        self.reader.notify(last_applied, None);
         Ok(())
     }
 
@@ -457,6 +485,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     }
 }
 
+/// Applied batches between two sweeps of the watches nobody holds.
+const SWEEP_WATCHES_EVERY: u64 = 256;
 const SNAPSHOT_META_KEY: &str = "snapshot_meta";
 const SNAPSHOT_DATA_KEY: &str = "snapshot_data";
 
@@ -599,10 +629,21 @@ mod tests {
         // Another batch that changes nothing for n1 does not wake it again.
         sm.apply([register(5, "n3")]).await.unwrap();
         assert!(!n1.has_changed().unwrap());
-        // Watches nobody holds are dropped at the next batch.
+        // A watch nobody holds goes when a batch touches its node.
         drop(ghost);
         sm.apply([register(6, "n4")]).await.unwrap();
+        assert!(reader.node_watches.lock().unwrap().contains_key("n9"), "n9 was not touched");
+        sm.apply([register(7, "n9")]).await.unwrap();
         assert!(!reader.node_watches.lock().unwrap().contains_key("n9"));
+        // And every SWEEP_WATCHES_EVERY batches, untouched or not.
+        drop(reader.watch_node("n2"));
+        drop(n2);
+        let mut index = 8;
+        while reader.node_watches.lock().unwrap().contains_key("n2") {
+            assert!(index < 8 + SWEEP_WATCHES_EVERY + 1, "never swept");
+            sm.apply([register(index, "n1")]).await.unwrap();
+            index += 1;
+        }
     }
 
     /// Random command streams through the store, in batches of random

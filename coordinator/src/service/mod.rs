@@ -62,6 +62,8 @@ pub struct Service {
     pub scheduler_stats: SchedulerStats,
     /// Connections agents made to this coordinator, for requests to them.
     pub agent_links: crate::agent_links::AgentLinks,
+    /// Handshakes worked on at once, and those refused beyond them.
+    pub admission: crate::admission::Admission,
     /// When this coordinator last knew a leader (for stale answers).
     pub leader_seen: LeaderSeen,
 }

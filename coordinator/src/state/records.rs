@@ -109,6 +109,12 @@ impl<K: Ord + Clone, V> Records<K, V> {
         self.changed.truncate(mark);
     }
 
+    /// The keys noted after `mark`, with repeats (what one applied batch
+    /// changed, when `mark` was taken before it).
+    pub fn changed_since(&self, mark: usize) -> &[K] {
+        self.changed.get(mark..).unwrap_or(&[])
+    }
+
     /// The keys changed since the last call, each once, in key order.
     pub fn take_changed(&mut self) -> BTreeSet<K> {
         std::mem::take(&mut self.changed).into_iter().collect()

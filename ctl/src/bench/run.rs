@@ -87,7 +87,10 @@ async fn measure(
     let n = plan.nodes;
     let limit = plan.phase_limit;
     wait_for(limit, "every node to register", || async {
-        (swarm.registered() >= n, format!("{}/{n}", swarm.registered()))
+        (
+            swarm.registered() >= n,
+            format!("{}/{n}; {}", swarm.registered(), swarm.shared.link_failures.summary()),
+        )
     })
     .await?;
     r.register_all_s = started.elapsed().as_secs_f64();
@@ -210,7 +213,10 @@ async fn measure(
     ));
     swarm.set_alive(&dead, true);
     wait_for(limit, "the silenced nodes to register again", || async {
-        (swarm.registered() >= n, format!("{}/{n}", swarm.registered()))
+        (
+            swarm.registered() >= n,
+            format!("{}/{n}; {}", swarm.registered(), swarm.shared.link_failures.summary()),
+        )
     })
     .await?;
 
@@ -302,14 +308,18 @@ async fn placed(
     Ok(t0.elapsed().as_secs_f64().max(1e-6))
 }
 
+/// How often a long wait prints where it is (on stderr, like `say`).
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 /// Polls `check` every 50 ms until it says done, or fails after `limit`
-/// with its last progress line.
+/// with its last progress line; prints that line every [`PROGRESS_EVERY`].
 async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = (bool, String)>,
 {
     let start = Instant::now();
+    let mut next_progress = PROGRESS_EVERY;
     loop {
         let (done, progress) = check().await;
         if done {
@@ -317,6 +327,10 @@ where
         }
         if start.elapsed() > limit {
             bail!("waited {limit:?} for {what}: {progress}");
+        }
+        if start.elapsed() >= next_progress {
+            eprintln!("  waiting {}s for {what}: {progress}", next_progress.as_secs());
+            next_progress += PROGRESS_EVERY;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

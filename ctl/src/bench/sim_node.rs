@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use gantry_common::model::{GpuHealth, GpuInfo, GpuTelemetry, HostTelemetry, NodeInfo};
 use gantry_common::rpc::{self, RpcError};
+use gantry_common::slow_calls::SlowCalls;
 use gantry_common::tls::COORDINATOR_SERVER_NAME;
 use gantry_common::wire::{
     assemble_desired, read_frame, AgentRequest, AgentResponse, DesiredChunk, Heartbeat, DEFAULT_MAX_FRAME,
@@ -23,7 +24,7 @@ use gantry_common::wire::{
 use gantry_common::workload::{ActualState, AllocReport, DesiredAlloc, DesiredState, HealthState};
 use tokio::sync::watch;
 
-use super::swarm::{NodeSlot, Shared};
+use super::swarm::{NodeSlot, Shared, Step};
 
 const SOFTWARE: &str = concat!("gantry-swarm ", env!("CARGO_PKG_VERSION"));
 // The agent's timeouts (agent/src/session.rs), so that failover is measured as agents see it.
@@ -39,6 +40,9 @@ const REPORTS_PER_CALL: usize = 1_000;
 enum End {
     Redirect(Option<String>),
     Failed,
+    /// The coordinator refused the connection as busy: the agent retries
+    /// the same one after its backoff.
+    Busy,
     /// The bench stopped this node (it "died").
     Stopped,
 }
@@ -87,6 +91,11 @@ pub async fn run(slot: Arc<NodeSlot>, shared: Arc<Shared>, endpoint: quinn::Endp
                 failures = failures.saturating_add(1);
                 retry_pause(failures, fastrand::f64())
             }
+            End::Busy => {
+                hint = Some(addr.clone());
+                failures = failures.saturating_add(1);
+                retry_pause(failures, fastrand::f64())
+            }
         };
         tokio::time::sleep(pause).await;
     }
@@ -116,7 +125,14 @@ async fn serve(
     let conn = tokio::select! {
         c = connect => match c {
             Ok((conn, _)) => conn,
-            Err(_) => return End::Failed,
+            Err(RpcError::Busy { .. }) => {
+                shared.link_failures.count(Step::Busy);
+                return End::Busy;
+            }
+            Err(_) => {
+                shared.link_failures.count(Step::Connect);
+                return End::Failed;
+            }
         },
         _ = alive.wait_for(|a| !*a) => return End::Stopped,
     };
@@ -136,13 +152,16 @@ async fn session(slot: &NodeSlot, shared: &Shared, conn: &quinn::Connection, add
             shared.registrations.fetch_add(1, Ordering::Relaxed);
         }
         Ok(other) => return unexpected(other),
-        Err(e) => return e,
+        Err(e) => {
+            shared.link_failures.count(Step::Register);
+            return e;
+        }
     }
     let (running_tx, running_rx) = watch::channel(BTreeMap::<String, DesiredAlloc>::new());
     tokio::select! {
         end = heartbeats(slot, shared, conn, addr, running_rx.clone()) => end,
         end = watch_desired(slot, shared, conn, addr, &running_tx) => end,
-        end = send_reports(slot, conn, addr, running_rx) => end,
+        end = send_reports(slot, shared, conn, addr, running_rx) => end,
     }
 }
 
@@ -159,6 +178,7 @@ async fn heartbeats(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sent: Option<Instant> = None;
+    let mut slow = SlowCalls::default();
     loop {
         tick.tick().await;
         let sent = Instant::now();
@@ -174,16 +194,27 @@ async fn heartbeats(
             host: HostTelemetry { cpu_usage_pct: 3.0, memory_used_mib: 8_192 },
             gpus,
         };
-        match call(conn, addr, AgentRequest::Heartbeat(hb), CALL_TIMEOUT).await {
+        let received = conn.stats().udp_rx.datagrams;
+        let req = AgentRequest::Heartbeat(hb);
+        match rpc::call(conn, addr, &req, DEFAULT_MAX_FRAME, CALL_TIMEOUT).await {
             Ok(AgentResponse::HeartbeatAck) => {
+                slow.answered();
                 shared.heartbeats.fetch_add(1, Ordering::Relaxed);
                 shared.heartbeat_rtt.record(sent.elapsed());
             }
             Ok(AgentResponse::UnknownNode) => return End::Redirect(Some(addr.to_string())),
             Ok(other) => return unexpected(other),
-            Err(e) => {
+            // As the agent does: late, but the coordinator still sends.
+            Err(RpcError::Timeout { .. })
+                if slow.keep_after_timeout(received, conn.stats().udp_rx.datagrams) =>
+            {
                 shared.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
-                return e;
+                shared.link_failures.count(Step::SlowHeartbeat);
+            }
+            Err(_) => {
+                shared.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
+                shared.link_failures.count(Step::Heartbeat);
+                return End::Failed;
             }
         }
     }
@@ -216,7 +247,10 @@ async fn watch_desired(
                 running.send_replace(now);
             }
             Ok(None) => {}
-            Err(e) => return e,
+            Err(e) => {
+                shared.link_failures.count(Step::Watch);
+                return e;
+            }
         }
     }
 }
@@ -260,6 +294,7 @@ async fn read_desired(
 /// (running and healthy at once), stops what it is told to stop.
 async fn send_reports(
     slot: &NodeSlot,
+    shared: &Shared,
     conn: &quinn::Connection,
     addr: &str,
     mut running: watch::Receiver<BTreeMap<String, DesiredAlloc>>,
@@ -279,7 +314,10 @@ async fn send_reports(
                 }
                 Ok(AgentResponse::UnknownNode) => return End::Redirect(Some(addr.to_string())),
                 Ok(other) => return unexpected(other),
-                Err(e) => return e,
+                Err(e) => {
+                    shared.link_failures.count(Step::Report);
+                    return e;
+                }
             }
         }
         sent.retain(|id, _| current.contains_key(id));

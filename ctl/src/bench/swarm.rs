@@ -34,6 +34,48 @@ pub struct Shared {
     pub late_sends: AtomicU64,
     /// Heartbeats that failed or timed out (each ends the node's connection).
     pub heartbeat_failures: AtomicU64,
+    /// Links that ended on a failure, by the step that failed.
+    pub link_failures: LinkFailures,
+}
+
+/// The step of a node's link that failed (and ended it).
+#[derive(Clone, Copy)]
+pub enum Step {
+    /// Refused at once as busy (counted apart: it is the coordinator's
+    /// admission working, not a failure of the link).
+    Busy,
+    /// A heartbeat timed out but the link was kept (the coordinator still sent).
+    SlowHeartbeat,
+    Connect,
+    Register,
+    Heartbeat,
+    Watch,
+    Report,
+}
+
+/// Link failures counted by [`Step`], for progress lines: a swarm that does
+/// not converge says where its nodes give up.
+#[derive(Default)]
+pub struct LinkFailures([AtomicU64; 7]);
+
+impl LinkFailures {
+    pub fn count(&self, step: Step) {
+        self.0[step as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn summary(&self) -> String {
+        let n = |s: Step| self.0[s as usize].load(std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "refused as busy {}, slow heartbeats kept {}; links failed at connect {}, register {}, heartbeat {}, watch {}, report {}",
+            n(Step::Busy),
+            n(Step::SlowHeartbeat),
+            n(Step::Connect),
+            n(Step::Register),
+            n(Step::Heartbeat),
+            n(Step::Watch),
+            n(Step::Report)
+        )
+    }
 }
 
 /// Round trips in power-of-two millisecond buckets: bucket `i` holds
@@ -222,6 +264,7 @@ impl Swarm {
             heartbeat_rtt: RttHistogram::default(),
             late_sends: AtomicU64::new(0),
             heartbeat_failures: AtomicU64::new(0),
+            link_failures: LinkFailures::default(),
         });
         // A runtime of their own, at a lower priority: see `--swarm-nice`.
         let runtime = tokio::runtime::Builder::new_multi_thread()

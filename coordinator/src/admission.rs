@@ -1,0 +1,87 @@
+//! How many connection handshakes a coordinator works on at once.
+//!
+//! A handshake (mutual TLS over QUIC) is the most CPU a connection costs,
+//! and a fleet that starts, or moves to a new leader, brings thousands at
+//! once. Taken all together they finish late: at 5,000 simulated nodes on
+//! two cores most took longer than the agents' 2 s connect timeout, every
+//! node retried, and after a minute fewer than 500 were registered while
+//! the coordinators did nothing but handshakes that were given up on.
+//!
+//! So beyond a bound the coordinator refuses at once (a QUIC
+//! CONNECTION_REFUSED, which costs no cryptography); an agent refused backs
+//! off with jitter and retries, and the handshakes taken finish in time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Handshakes in flight per CPU the process may use.
+const HANDSHAKES_PER_CPU: usize = 32;
+
+/// Shared by the accept loop and the metrics; cheap to clone.
+#[derive(Clone)]
+pub struct Admission {
+    handshakes: Arc<Semaphore>,
+    limit: usize,
+    refused: Arc<AtomicU64>,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Admission::with_limit(HANDSHAKES_PER_CPU * cpus)
+    }
+}
+
+impl Admission {
+    pub fn with_limit(limit: usize) -> Admission {
+        let limit = limit.max(1);
+        Admission { handshakes: Arc::new(Semaphore::new(limit)), limit, refused: Arc::default() }
+    }
+
+    /// A place for one handshake (held until its hello is answered), or
+    /// `None` when `limit` are in flight: refuse the connection.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = self.handshakes.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        permit
+    }
+
+    /// Connections refused because `limit` handshakes were in flight.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_up_to_the_limit_then_refuses_and_counts() {
+        let a = Admission::with_limit(2);
+        let first = a.admit().expect("first");
+        let _second = a.admit().expect("second");
+        assert!(a.admit().is_none());
+        assert!(a.admit().is_none());
+        assert_eq!(a.refused(), 2);
+        drop(first);
+        assert!(a.admit().is_some(), "a finished handshake frees its place");
+        assert_eq!(a.refused(), 2);
+    }
+
+    #[test]
+    fn the_default_scales_with_the_cpus() {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        assert_eq!(Admission::default().limit(), HANDSHAKES_PER_CPU * cpus);
+        assert_eq!(Admission::with_limit(0).limit(), 1);
+    }
+}
