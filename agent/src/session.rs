@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use gantry_common::identity::ALPN_AGENT;
 use gantry_common::rpc::{self, RpcError};
-use gantry_common::slow_calls::SlowCalls;
+use gantry_common::slow_calls::{busy_pause, SlowCalls};
 use gantry_common::systemd;
 use gantry_common::tls::{self, Identity, COORDINATOR_SERVER_NAME};
 use gantry_common::wire::{
@@ -68,6 +68,8 @@ pub struct Session {
     /// Leader named by the last coordinator we spoke to.
     hint: Option<String>,
     failures: u32,
+    /// Connections refused as busy in a row (their own, shorter backoff).
+    busy: u32,
     /// When the current link registered (a link that stays up a while resets the backoff).
     registered_at: Option<std::time::Instant>,
     /// The address whose link failed last: not tried again first (it may be
@@ -88,6 +90,9 @@ enum End {
     Failed(String),
     /// The coordinator refused us on purpose; retry slowly.
     Refused(String),
+    /// The coordinator refused the connection as busy (too many handshakes
+    /// at once): the same one again after a short jittered pause.
+    Busy(String),
     Shutdown,
 }
 
@@ -124,6 +129,7 @@ impl Session {
             next,
             hint: None,
             failures: 0,
+            busy: 0,
             registered_at: None,
             last_failed: None,
             desired: Arc::new(link.desired),
@@ -140,6 +146,9 @@ impl Session {
             }
             let addr = self.pick();
             let end = self.serve_one(&addr, sampler, &mut shutdown).await;
+            if !matches!(end, End::Busy(_)) {
+                self.busy = 0;
+            }
             self.status.set_leader(None);
             let pause = match end {
                 End::Shutdown => break,
@@ -161,6 +170,14 @@ impl Session {
                     let pause = retry_pause(self.failures, fastrand::f64());
                     warn!(%addr, retry_in = ?pause, "coordinator link lost: {reason}");
                     systemd::ready(&format!("retrying: {addr}: {reason}"));
+                    pause
+                }
+                End::Busy(reason) => {
+                    self.hint = Some(addr.clone());
+                    self.busy = self.busy.saturating_add(1);
+                    let pause = busy_pause(self.busy, fastrand::f64());
+                    info!(%addr, retry_in = ?pause, "{reason}");
+                    systemd::ready(&format!("retrying: {reason}"));
                     pause
                 }
                 End::Refused(reason) => {
@@ -207,10 +224,7 @@ impl Session {
             // Not this agent's fault: the same coordinator, after the usual
             // jittered backoff (a fixed pause would bring a refused fleet
             // back all at once).
-            Err(e @ RpcError::Busy { .. }) => {
-                self.hint = Some(addr.to_string());
-                return End::Failed(e.to_string());
-            }
+            Err(e @ RpcError::Busy { .. }) => return End::Busy(e.to_string()),
             Err(e @ (RpcError::Refused { .. } | RpcError::VersionMismatch { .. })) => {
                 return End::Refused(e.to_string())
             }

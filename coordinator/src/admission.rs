@@ -18,6 +18,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Handshakes in flight per CPU the process may use.
 const HANDSHAKES_PER_CPU: usize = 32;
+/// How long a connection beyond the bound may wait for a place before it
+/// is refused (a client retransmits its first packet meanwhile).
+const WAIT_FOR_A_PLACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Shared by the accept loop and the metrics; cheap to clone.
 #[derive(Clone)]
@@ -50,6 +53,22 @@ impl Admission {
         permit
     }
 
+    /// A place, waiting up to [`WAIT_FOR_A_PLACE`] for one to free, or
+    /// `None` (counted): refuse. The short wait keeps every place busy
+    /// while refused clients are away on their backoff.
+    pub async fn admit_soon(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.handshakes.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        match tokio::time::timeout(WAIT_FOR_A_PLACE, self.handshakes.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
     /// Connections refused because `limit` handshakes were in flight.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
@@ -76,6 +95,24 @@ mod tests {
         drop(first);
         assert!(a.admit().is_some(), "a finished handshake frees its place");
         assert_eq!(a.refused(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_beyond_the_bound_waits_briefly_for_a_place() {
+        let a = Admission::with_limit(1);
+        let held = a.admit().expect("first");
+        // Nothing frees: refused after the wait, and counted.
+        assert!(a.admit_soon().await.is_none());
+        assert_eq!(a.refused(), 1);
+        // A place that frees during the wait is taken.
+        let waiting = tokio::spawn({
+            let a = a.clone();
+            async move { a.admit_soon().await.is_some() }
+        });
+        tokio::time::sleep(WAIT_FOR_A_PLACE / 4).await;
+        drop(held);
+        assert!(waiting.await.unwrap());
+        assert_eq!(a.refused(), 1);
     }
 
     #[test]

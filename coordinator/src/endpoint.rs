@@ -50,17 +50,17 @@ pub async fn serve(
             incoming.refuse();
             continue;
         };
-        let Some(handshake) = service.admission.admit() else {
-            // Refused at once and retried later by the peer; logged only
-            // at debug: in a fleet start there are thousands a second.
-            debug!(remote = %incoming.remote_address(), "too many handshakes in flight; refusing");
-            incoming.refuse();
-            continue;
-        };
         let service = service.clone();
         let raft_tasks = raft_tasks.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
+            let Some(handshake) = service.admission.admit_soon().await else {
+                // Retried later by the peer; logged only at debug: in a
+                // fleet start there are thousands a second.
+                debug!(%remote, "too many handshakes in flight; refusing");
+                incoming.refuse();
+                return;
+            };
             if let Err(reason) = serve_connection(incoming, handshake, service, raft_tasks).await {
                 debug!(%remote, %reason, "connection ended");
             }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use gantry_common::api::{ApiError, Staleness, IDEMPOTENCY_HEADER, STALE_HEADER};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;

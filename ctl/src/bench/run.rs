@@ -71,6 +71,13 @@ async fn phases(plan: &RunPlan, cluster: &mut Cluster, say: &dyn Fn(&str)) -> an
     if let Ok(s) = Arc::try_unwrap(swarm) {
         s.stop().await;
     }
+    if outcome.is_err() {
+        // What the phases before the failure measured (later ones read 0).
+        say("measured before the phase that failed (zeros: not reached):");
+        for line in r.lines() {
+            say(&format!("  {line}"));
+        }
+    }
     outcome.map(|()| r)
 }
 

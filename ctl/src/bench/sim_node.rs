@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use gantry_common::model::{GpuHealth, GpuInfo, GpuTelemetry, HostTelemetry, NodeInfo};
 use gantry_common::rpc::{self, RpcError};
-use gantry_common::slow_calls::SlowCalls;
+use gantry_common::slow_calls::{busy_pause, SlowCalls};
 use gantry_common::tls::COORDINATOR_SERVER_NAME;
 use gantry_common::wire::{
     assemble_desired, read_frame, AgentRequest, AgentResponse, DesiredChunk, Heartbeat, DEFAULT_MAX_FRAME,
@@ -54,6 +54,8 @@ pub async fn run(slot: Arc<NodeSlot>, shared: Arc<Shared>, endpoint: quinn::Endp
     let mut next = slot.index % coordinators.len().max(1);
     let mut hint: Option<String> = None;
     let mut failures: u32 = 0;
+    // Connections refused as busy in a row (their own, shorter backoff).
+    let mut busy: u32 = 0;
     // As the agent does: the address whose link failed last is not tried
     // first again (it may be the leader that just died).
     let mut last_failed: Option<String> = None;
@@ -73,6 +75,9 @@ pub async fn run(slot: Arc<NodeSlot>, shared: Arc<Shared>, endpoint: quinn::Endp
             }
         };
         let end = serve(&slot, &shared, &endpoint, &addr, &mut alive).await;
+        if !matches!(end, End::Busy) {
+            busy = 0;
+        }
         if slot.leader().is_some() {
             // It had registered: a fresh failure starts the backoff afresh.
             failures = 0;
@@ -93,8 +98,8 @@ pub async fn run(slot: Arc<NodeSlot>, shared: Arc<Shared>, endpoint: quinn::Endp
             }
             End::Busy => {
                 hint = Some(addr.clone());
-                failures = failures.saturating_add(1);
-                retry_pause(failures, fastrand::f64())
+                busy = busy.saturating_add(1);
+                busy_pause(busy, fastrand::f64())
             }
         };
         tokio::time::sleep(pause).await;
