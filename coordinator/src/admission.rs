@@ -69,6 +69,15 @@ impl Admission {
         }
     }
 
+    /// Half the places or more are taken: connections from addresses not
+    /// yet validated are asked to prove theirs first (a QUIC Retry, which
+    /// keeps no state), so a flood of first packets from forged sources,
+    /// never finishing a handshake, cannot hold the places for
+    /// `HANDSHAKE_TIMEOUT` each and lock everyone else out.
+    pub fn crowded(&self) -> bool {
+        self.handshakes.available_permits() < self.limit.div_ceil(2)
+    }
+
     /// Connections refused because `limit` handshakes were in flight.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
@@ -113,6 +122,18 @@ mod tests {
         drop(held);
         assert!(waiting.await.unwrap());
         assert_eq!(a.refused(), 1);
+    }
+
+    #[test]
+    fn crowded_from_half_the_places_taken() {
+        let a = Admission::with_limit(4);
+        assert!(!a.crowded());
+        let one = a.admit().unwrap();
+        assert!(!a.crowded());
+        let _two = a.admit().unwrap();
+        assert!(a.crowded(), "2 of 4 taken");
+        drop(one);
+        assert!(!a.crowded());
     }
 
     #[test]

@@ -29,15 +29,8 @@ const MAX_CONNECTIONS: usize = 16_384;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Accepts connections until `shutdown` turns true. Requests from other
-/// coordinators are served on `raft_tasks` (Raft's own runtime), so that an
-/// answer to the leader does not wait behind agents' requests.
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    service: Service,
-    raft_tasks: tokio::runtime::Handle,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(endpoint: quinn::Endpoint, service: Service, mut shutdown: watch::Receiver<bool>) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let incoming = tokio::select! {
@@ -50,8 +43,14 @@ pub async fn serve(
             incoming.refuse();
             continue;
         };
+        if service.admission.crowded() && incoming.may_retry() {
+            // Under load, an address proves itself before it may take a place.
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+            continue;
+        }
         let service = service.clone();
-        let raft_tasks = raft_tasks.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let Some(handshake) = service.admission.admit_soon().await else {
@@ -61,7 +60,7 @@ pub async fn serve(
                 incoming.refuse();
                 return;
             };
-            if let Err(reason) = serve_connection(incoming, handshake, service, raft_tasks).await {
+            if let Err(reason) = serve_connection(incoming, handshake, service).await {
                 debug!(%remote, %reason, "connection ended");
             }
             drop(permit);
@@ -76,7 +75,6 @@ async fn serve_connection(
     incoming: quinn::Incoming,
     handshake: tokio::sync::OwnedSemaphorePermit,
     service: Service,
-    raft_tasks: tokio::runtime::Handle,
 ) -> Result<(), String> {
     // A client that stalls its handshake holds its place only this long
     // (an agent gives up on its own after 2 s).
@@ -117,17 +115,14 @@ async fn serve_connection(
     let _link =
         (alpn.as_slice() == ALPN_AGENT).then(|| service.agent_links.register(&who.name, conn.clone()));
     let who = Arc::new(who);
-    let is_raft = alpn.as_slice() == ALPN_RAFT;
-    let main = tokio::runtime::Handle::current();
     loop {
         let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
         let service = service.clone();
         let who = who.clone();
         let alpn = alpn.clone();
-        let main = main.clone();
-        let stream = async move {
+        tokio::spawn(async move {
             let result = match alpn.as_slice() {
-                ALPN_RAFT => serve_peer_stream(send, recv, &service, &main).await,
+                ALPN_RAFT => serve_peer_stream(send, recv, &service).await,
                 ALPN_AGENT => serve_agent_stream(send, recv, &service, &who).await,
                 ALPN_API => serve_api_stream(send, recv, &service).await,
                 _ => Ok(()),
@@ -135,12 +130,7 @@ async fn serve_connection(
             if let Err(e) = result {
                 debug!(peer = %who, "stream failed: {e}");
             }
-        };
-        if is_raft {
-            raft_tasks.spawn(stream);
-        } else {
-            tokio::spawn(stream);
-        }
+        });
     }
 }
 
@@ -151,12 +141,10 @@ fn refuse(conn: &quinn::Connection, reason: String) -> String {
 
 type StreamResult = Result<(), String>;
 
-/// Runs on Raft's runtime; `main` is the runtime everything else runs on.
 async fn serve_peer_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     service: &Service,
-    main: &tokio::runtime::Handle,
 ) -> StreamResult {
     let Some(req) = read_request::<PeerRequest>(&mut send, &mut recv, PEER_MAX_FRAME).await? else {
         return Ok(());
@@ -172,17 +160,7 @@ async fn serve_peer_stream(
             Err(e) => respond(&mut send, &PeerResponse::Logs(Err(e)), PEER_MAX_FRAME).await,
         };
     }
-    let resp: PeerResponse = match req {
-        // Validation and planning for a forwarded write are the main
-        // runtime's work, not Raft's.
-        PeerRequest::Forward { .. } => {
-            let service = service.clone();
-            main.spawn(async move { service.handle_peer(req).await })
-                .await
-                .unwrap_or_else(|e| PeerResponse::Refused(format!("the forwarded request failed: {e}")))
-        }
-        req => service.handle_peer(req).await,
-    };
+    let resp: PeerResponse = service.handle_peer(req).await;
     respond(&mut send, &resp, PEER_MAX_FRAME).await
 }
 

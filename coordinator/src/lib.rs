@@ -10,8 +10,7 @@
 //! - [`start`]: `run`, which builds and wires every part below — read it first.
 //! - [`config`]: the TOML config and its validation.
 //! - [`state`]: the replicated `State`, the `Command` enum and the pure `apply`.
-//! - [`raft`]: openraft adapters — redb storage, QUIC network, election watchdog,
-//!   and the runtime of its own that they run on.
+//! - [`raft`]: openraft adapters — redb storage, QUIC network, election watchdog.
 //! - [`peer`]: coordinator-to-coordinator messages and connection cache.
 //! - [`endpoint`]: the QUIC accept loop; role checks by ALPN and certificate;
 //!   [`admission`]: how many handshakes it works on at once.

@@ -16,7 +16,6 @@ use crate::config::CoordinatorConfig;
 use crate::metrics::Metrics;
 use crate::peer::client::PeerClient;
 use crate::raft::network::PeerNetworkFactory;
-use crate::raft::own_runtime::RaftRuntime;
 use crate::raft::store::open_store_with_cache;
 use crate::raft::{handoff, rejoin, watchdog, Raft};
 use crate::service::Service;
@@ -89,28 +88,18 @@ pub async fn run(
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(bind_error)?;
-    // Raft, and the calls it makes to the other coordinators, on threads of
-    // their own: agents' load on `endpoint` cannot hold them up.
-    let raft_runtime = RaftRuntime::start().map_err(|e| StartError::Raft(format!("its runtime: {e}")))?;
-    let peer_endpoint =
-        raft_runtime.peer_endpoint(config.listen, tls::endpoint_config(&identity)).map_err(|e| {
-            StartError::Bind {
-                addr: format!("{} (port 0, calls to peers)", config.listen.ip()),
-                reason: e.to_string(),
-            }
-        })?;
-    let peers = PeerClient::new(peer_endpoint.clone(), &identity, raft_runtime.handle())?
-        .with_max_protocol(config.max_protocol_version);
+    let peers = PeerClient::new(endpoint.clone(), &identity)?.with_max_protocol(config.max_protocol_version);
 
     let raft_config = raft_config(&config)?;
-    let config_id = config.id;
-    let network = PeerNetworkFactory { client: peers.clone() };
-    let raft = raft_runtime
-        .handle()
-        .spawn(async move { Raft::new(config_id, raft_config, network, log_store, state_machine).await })
-        .await
-        .map_err(|e| StartError::Raft(e.to_string()))?
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let raft = Raft::new(
+        config.id,
+        raft_config,
+        PeerNetworkFactory { client: peers.clone() },
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
     let was_initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
     initialize_if_new(&raft, &config).await?;
     let rejoin_grace = rejoin::grace_for(&raft, was_initialized).await;
@@ -135,7 +124,7 @@ pub async fn run(
     let admin_listener = admin::bind(&config.admin_socket)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(endpoint::serve(endpoint.clone(), service.clone(), raft_runtime.handle(), stop_rx.clone()));
+    tasks.spawn(endpoint::serve(endpoint.clone(), service.clone(), stop_rx.clone()));
     tasks.spawn(leader_loop::run(service.clone(), stop_rx.clone()));
     tasks.spawn(service.leader_seen.clone().follow(raft.clone(), stop_rx.clone()));
     tasks.spawn(crate::scheduler::applier::run(service.clone(), stop_rx.clone()));
@@ -190,12 +179,7 @@ pub async fn run(
     }
     while tasks.join_next().await.is_some() {}
     // Let peers see our close frames, without waiting out their idle timeouts.
-    peer_endpoint.close(0u32.into(), b"coordinator shutting down");
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        tokio::join!(endpoint.wait_idle(), peer_endpoint.wait_idle());
-    })
-    .await;
-    drop(raft_runtime);
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     let _ = std::fs::remove_file(&config.admin_socket);
     info!(id = config.id, "stopped");
     match fatal {

@@ -45,9 +45,6 @@ pub struct PeerClient {
     versions: Arc<Mutex<HashMap<String, u32>>>,
     /// Highest protocol version offered (config `max_protocol_version`).
     max_protocol: u32,
-    /// Where connector tasks run: the runtime that drives `endpoint`, so
-    /// that each connection's driver is spawned there too.
-    connectors: tokio::runtime::Handle,
 }
 
 /// Calls given up on in a row after which a peer's connection is replaced,
@@ -81,16 +78,9 @@ impl Drop for GivenUp<'_> {
 }
 
 impl PeerClient {
-    /// Calls out through `endpoint`; connections are made (and driven) on
-    /// `connectors`, the runtime that drives the endpoint.
-    pub fn new(
-        endpoint: quinn::Endpoint,
-        identity: &Identity,
-        connectors: tokio::runtime::Handle,
-    ) -> Result<PeerClient, tls::TlsError> {
+    pub fn new(endpoint: quinn::Endpoint, identity: &Identity) -> Result<PeerClient, tls::TlsError> {
         Ok(PeerClient {
             endpoint,
-            connectors,
             config: tls::client_config(identity, ALPN_RAFT)?,
             peers: Arc::new(Mutex::new(HashMap::new())),
             given_up: Arc::new(Mutex::new(HashMap::new())),
@@ -207,7 +197,7 @@ impl PeerClient {
             versions: Arc::clone(&self.versions),
             max_protocol: self.max_protocol,
         };
-        self.connectors.spawn(connector(link, tx));
+        tokio::spawn(connector(link, tx));
         peers.insert(addr.to_string(), rx.clone());
         rx
     }

@@ -9,7 +9,6 @@
 //! - `redb_io`: what the three share: tables, faults, encoding, blocking calls.
 //! - `migrate`: rewrites a store of the previous format when it is opened.
 //! - [`network`]: Raft RPCs over QUIC (`gantry-raft/1`).
-//! - [`own_runtime`]: the threads and the calling socket Raft runs on, apart from agents.
 //! - [`watchdog`]: forces an election when no leader is seen for too long.
 //! - [`handoff`]: what a leader does before it stops, so the next one has every entry.
 //! - [`rejoin`]: a restarted voter waits for the leader before it may campaign.
@@ -23,7 +22,6 @@ pub mod log_store;
 pub mod machine_tables;
 mod migrate;
 pub mod network;
-pub mod own_runtime;
 mod redb_io;
 pub mod rejoin;
 pub mod state_machine;
