@@ -75,7 +75,7 @@ impl Admission {
     /// never finishing a handshake, cannot hold the places for
     /// `HANDSHAKE_TIMEOUT` each and lock everyone else out.
     pub fn crowded(&self) -> bool {
-        self.handshakes.available_permits() < self.limit.div_ceil(2)
+        self.handshakes.available_permits() <= self.limit / 2
     }
 
     /// Connections refused because `limit` handshakes were in flight.
