@@ -43,17 +43,17 @@ pub struct CoordinatorConfig {
     pub max_protocol_version: u32,
 }
 
-/// Raft timing. Defaults suit a LAN: failover in about a second.
+/// Raft timing. Defaults suit a LAN: failover in under a second.
 ///
-/// openraft 0.9 lets a follower that knew a leader campaign only after
-/// `election_timeout_max` (the leader's lease) plus its own random timeout in
-/// `[min, max)` without hearing from it: 0.9–1.2 s with these defaults, that
-/// is at least four missed heartbeats, so a busy host does not start
-/// needless elections. openraft 0.9 also gives up on each AppendEntries
-/// after one `heartbeat_interval`: at 100 ms, a follower on a loaded host
-/// (3,000 simulated nodes on 2 cores) missed hundreds of them and saw
-/// elections; 200 ms halves the heartbeat traffic and leaves failover
-/// timing, which the election timeouts set, as it was.
+/// A follower that knew a leader campaigns only after `election_timeout_max`
+/// (the leader's lease) plus a random timeout in `[min, max)` without
+/// hearing from it (`raft::election`, openraft's rule with a fresh draw per
+/// campaign): 0.75–1.0 s with these defaults, that is at least three missed
+/// heartbeats, so a busy host does not start needless elections. openraft
+/// 0.9 gives up on each AppendEntries after one `heartbeat_interval`: at
+/// 100 ms, a follower on a loaded host (3,000 simulated nodes on 2 cores)
+/// missed hundreds of them and saw elections; 200 ms halves the heartbeat
+/// traffic. On a slow or loaded network raise all three together.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftTuning {
@@ -71,8 +71,8 @@ impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
             heartbeat_interval_ms: 200,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 500,
             snapshot_after_entries: 5000,
             store_cache_mib: 64,
         }

@@ -10,7 +10,7 @@
 //! - [`start`]: `run`, which builds and wires every part below — read it first.
 //! - [`config`]: the TOML config and its validation.
 //! - [`state`]: the replicated `State`, the `Command` enum and the pure `apply`.
-//! - [`raft`]: openraft adapters — redb storage, QUIC network, election watchdog.
+//! - [`raft`]: openraft adapters — redb storage, QUIC network, elections.
 //! - [`peer`]: coordinator-to-coordinator messages and connection cache.
 //! - [`endpoint`]: the QUIC accept loop; role checks by ALPN and certificate;
 //!   [`admission`]: how many handshakes it works on at once.

@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::peer::client::PeerClient;
 use crate::raft::network::PeerNetworkFactory;
 use crate::raft::store::open_store_with_cache;
-use crate::raft::{handoff, rejoin, watchdog, Raft};
+use crate::raft::{election, handoff, rejoin, Raft};
 use crate::service::Service;
 use crate::telemetry::TelemetryStore;
 use crate::{admin, endpoint, leader_loop};
@@ -128,10 +128,10 @@ pub async fn run(
     tasks.spawn(leader_loop::run(service.clone(), stop_rx.clone()));
     tasks.spawn(service.leader_seen.clone().follow(raft.clone(), stop_rx.clone()));
     tasks.spawn(crate::scheduler::applier::run(service.clone(), stop_rx.clone()));
-    tasks.spawn(rejoin::enable_elections(raft.clone(), config.id, rejoin_grace, stop_rx.clone()));
-    tasks.spawn(watchdog::run(
+    tasks.spawn(election::run(
         raft.clone(),
         config.id,
+        Duration::from_millis(config.raft.election_timeout_min_ms),
         Duration::from_millis(config.raft.election_timeout_max_ms),
         rejoin_grace,
         stop_rx.clone(),
@@ -211,7 +211,7 @@ fn raft_config(config: &CoordinatorConfig) -> Result<Arc<openraft::Config>, Star
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
         max_in_snapshot_log_to_keep: 1000,
         install_snapshot_timeout: 2000,
-        // Turned on by `rejoin::enable_elections` (at once unless this is a restart).
+        // Elections are run by `election::run`: a fresh timeout per campaign.
         enable_elect: false,
         ..Default::default()
     };

@@ -15,7 +15,7 @@
 //! 3. then the caller closes the endpoint and shuts Raft down. Followers see
 //!    the heartbeats stop; once their lease runs out (about
 //!    `election_timeout_max`), the first one whose election timer fires is
-//!    elected. The election watchdog breaks split votes as after a crash.
+//!    elected. `election` breaks split votes as after a crash.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@
 //! - `redb_io`: what the three share: tables, faults, encoding, blocking calls.
 //! - `migrate`: rewrites a store of the previous format when it is opened.
 //! - [`network`]: Raft RPCs over QUIC (`gantry-raft/1`).
-//! - [`watchdog`]: forces an election when no leader is seen for too long.
+//! - [`election`]: starts elections (openraft's rule, a fresh random timeout each time).
 //! - [`handoff`]: what a leader does before it stops, so the next one has every entry.
 //! - [`rejoin`]: a restarted voter waits for the leader before it may campaign.
 
@@ -17,6 +17,7 @@ use std::io::Cursor;
 
 use crate::state::{Command, CommandResponse};
 
+pub mod election;
 pub mod handoff;
 pub mod log_store;
 pub mod machine_tables;
@@ -26,7 +27,6 @@ mod redb_io;
 pub mod rejoin;
 pub mod state_machine;
 pub mod store;
-pub mod watchdog;
 
 openraft::declare_raft_types!(
     /// openraft types of a Gantry coordinator cluster.

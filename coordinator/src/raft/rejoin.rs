@@ -9,11 +9,11 @@
 //! term, which deposes a healthy leader (seen as a rare test failure: the
 //! restarted node sometimes came back as leader).
 //!
-//! So Raft starts with elections off (`Config::enable_elect = false`), and
-//! [`enable_elections`] turns them on once the leader has reached this node,
-//! or after [`REJOIN_GRACE`] without it (the whole cluster restarted, or the
-//! leader really is gone). A new cluster, or one with a single voter, gets
-//! no grace. The watchdog waits out the same grace.
+//! So the election task ([`super::election`]) first waits in
+//! [`wait_for_leader`] until the leader has reached this node, or for
+//! [`REJOIN_GRACE`] without it (the whole cluster restarted, or the leader
+//! really is gone). A new cluster, or one with a single voter, gets no
+//! grace.
 
 use std::time::Duration;
 
@@ -43,24 +43,24 @@ pub async fn grace_for(raft: &Raft, was_initialized: bool) -> Duration {
 /// How often the grace checks whether the leader has reached this node.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Turns elections on once the leader has reached this node since it
-/// started, or after `grace`. "Reached" is a committed vote touched after
+/// Returns once the leader has reached this node since it started, or
+/// after `grace`: `false` if the coordinator stops first. "Reached" is a committed vote touched after
 /// start-up (every AppendEntries or heartbeat from the leader touches it):
 /// the leader in the metrics is no proof, since it comes from the vote
 /// stored before the restart.
-pub async fn enable_elections(raft: Raft, id: NodeId, grace: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn wait_for_leader(raft: &Raft, id: NodeId, grace: Duration, mut shutdown: watch::Receiver<bool>) -> bool {
     if !grace.is_zero() {
         let at_start = raft.with_raft_state(|s| s.vote_last_modified()).await.ok().flatten();
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(POLL) => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = shutdown.wait_for(|stop| *stop) => return false,
             }
             let Ok((touched, committed)) =
                 raft.with_raft_state(|s| (s.vote_last_modified(), s.vote_ref().is_committed())).await
             else {
-                return;
+                return false;
             };
             if committed && touched > at_start {
                 info!(id, "the leader reached this node; elections allowed");
@@ -72,5 +72,5 @@ pub async fn enable_elections(raft: Raft, id: NodeId, grace: Duration, mut shutd
             }
         }
     }
-    raft.runtime_config().elect(true);
+    true
 }

@@ -77,6 +77,10 @@ impl Cluster {
         Ok(self.get(id)?.plan.listen.clone())
     }
 
+    pub fn socket(&self, id: u64) -> anyhow::Result<PathBuf> {
+        self.get(id)?.plan.admin_socket.clone().context("a coordinator without an admin socket")
+    }
+
     pub fn client(&self, id: u64) -> anyhow::Result<AdminClient> {
         let socket =
             self.get(id)?.plan.admin_socket.clone().context("a coordinator without an admin socket")?;

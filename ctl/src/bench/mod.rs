@@ -12,6 +12,9 @@
 //! leader's last snapshot and a wiped follower's catch-up, and a leader
 //! kill -9 (until every node reports to the new leader).
 //!
+//! `bench writes` compares Raft writes with etcd's: the same clients, in
+//! one run, against three etcd members and three coordinators.
+//!
 //! # Layout
 //!
 //! - `sim_node`: one simulated node's wire protocol.
@@ -19,12 +22,16 @@
 //! - `cluster`: the coordinator processes and `/proc` readings.
 //! - `run`: the phases of one run.
 //! - `report`: what a run measured, and the pure parsing it needs.
+//! - `etcd`: the etcd members `bench writes` compares with.
+//! - `writes`: the write load, its statistics and its report.
 
 mod cluster;
+mod etcd;
 mod report;
 mod run;
 mod sim_node;
 mod swarm;
+mod writes;
 
 use std::time::Duration;
 
@@ -48,6 +55,48 @@ enum BenchCommand {
     /// detection, snapshot, wiped-follower catch-up and leader failover.
     /// Needs gantry-coordinator and gantry-agent next to gantryctl.
     Swarm(SwarmArgs),
+    /// Raft writes per second and their latency, side by side with etcd:
+    /// the same clients, one kept-alive connection each, alternating rounds
+    /// against etcd members (Debian's etcd-server) and as many coordinators.
+    /// Optionally with simulated nodes and allocations held (and as many
+    /// keys in etcd). Needs etcd, and gantry-coordinator next to gantryctl.
+    Writes(WritesArgs),
+}
+
+#[derive(Args, Debug)]
+struct WritesArgs {
+    /// Concurrent clients; several counts (e.g. 16,64) run one after another.
+    #[arg(long, value_delimiter = ',', default_value = "16,64", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    clients: Vec<u64>,
+    /// Members of each cluster: 1, 3 or 5.
+    #[arg(long, default_value_t = 3, value_parser = parse_coordinators)]
+    members: u32,
+    /// Length of each round, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    secs: u64,
+    /// Rounds per client count (etcd, then Gantry, each round).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    rounds: u64,
+    /// Simulated nodes (16 GPUs each) the coordinators hold; the label writes go to them.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=20_000))]
+    nodes: u64,
+    /// One-GPU allocations placed on those nodes before measuring (etcd
+    /// gets a key per node and per allocation). 0: an empty cluster.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=320_000))]
+    allocations: u64,
+    /// Each simulated node's heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    heartbeat_ms: u64,
+    /// The etcd binary.
+    #[arg(long, default_value = "etcd")]
+    etcd: std::path::PathBuf,
+    /// Give up when registering or placing takes longer than this many seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    phase_timeout_secs: u64,
+    /// Keep the run's directory (configs, logs, data) here instead of a
+    /// temporary one removed afterwards.
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -99,7 +148,51 @@ fn parse_coordinators(s: &str) -> Result<u32, String> {
 pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
     match args.cmd {
         BenchCommand::Swarm(a) => swarm(a, json).await,
+        BenchCommand::Writes(a) => writes(a, json).await,
     }
+}
+
+/// A fresh directory: `dir` itself, or a temporary one (kept alive by the guard).
+fn run_dir(dir: Option<&std::path::Path>, sub: &str) -> anyhow::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(d) => {
+            let dir = d.join(sub);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            Ok((dir, None))
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("gantry-bench-").tempdir().context("creating a temporary dir")?;
+            Ok((t.path().to_path_buf(), Some(t)))
+        }
+    }
+}
+
+async fn writes(a: WritesArgs, json: bool) -> anyhow::Result<()> {
+    let plan = writes::WritesPlan {
+        clients: a.clients.iter().map(|&c| c as usize).collect(),
+        members: a.members,
+        duration: Duration::from_secs(a.secs),
+        rounds: a.rounds as usize,
+        nodes: a.nodes as usize,
+        allocations: a.allocations,
+        heartbeat_every: Duration::from_millis(a.heartbeat_ms),
+        etcd: a.etcd,
+        phase_limit: Duration::from_secs(a.phase_timeout_secs),
+    };
+    let (dir, _temp) = run_dir(a.dir.as_deref(), "writes")?;
+    let say = |line: &str| eprintln!("{line}");
+    say(&format!("bench writes in {}", dir.display()));
+    let reports = writes::run(&plan, &dir, &say).await?;
+    for r in &reports {
+        if json {
+            outln!("{}", serde_json::to_string(r).context("encoding the report")?);
+        } else {
+            for line in r.lines() {
+                outln!("{line}");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn swarm(a: SwarmArgs, json: bool) -> anyhow::Result<()> {
@@ -118,20 +211,7 @@ async fn swarm(a: SwarmArgs, json: bool) -> anyhow::Result<()> {
             phase_limit: Duration::from_secs(a.phase_timeout_secs),
             swarm_nice: a.swarm_nice,
         };
-        let (dir, _temp) = match &a.dir {
-            Some(d) => {
-                let dir = d.join(format!("nodes-{nodes}"));
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-                (dir, None)
-            }
-            None => {
-                let t = tempfile::Builder::new()
-                    .prefix("gantry-swarm-")
-                    .tempdir()
-                    .context("creating a temporary dir")?;
-                (t.path().to_path_buf(), Some(t))
-            }
-        };
+        let (dir, _temp) = run_dir(a.dir.as_deref(), &format!("nodes-{nodes}"))?;
         say(&format!("swarm of {nodes} nodes in {}", dir.display()));
         let report =
             run::run(&plan, &dir, &say).await.with_context(|| format!("the swarm of {nodes} nodes"))?;

@@ -287,7 +287,7 @@ async fn measure(
 }
 
 /// A workload of `replicas` one-GPU replicas that the load-test runtime "runs".
-fn spec(name: &str, replicas: u64) -> anyhow::Result<WorkloadSpec> {
+pub(super) fn spec(name: &str, replicas: u64) -> anyhow::Result<WorkloadSpec> {
     let text = format!(
         "name = \"{name}\"\ncommand = \"/bin/true\"\nreplicas = {replicas}\n\
          [resources]\ncpu = 0.1\nmemory_mib = 64\n[gpu]\nmode = \"exclusive\"\ncount = 1\n"
@@ -297,7 +297,7 @@ fn spec(name: &str, replicas: u64) -> anyhow::Result<WorkloadSpec> {
 
 /// Runs `submit`, then waits until the swarm was asked to run `count`
 /// more allocations; returns the seconds from the start of `submit`.
-async fn placed(
+pub(super) async fn placed(
     swarm: &Swarm,
     count: u64,
     limit: Duration,
@@ -320,7 +320,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Polls `check` every 50 ms until it says done, or fails after `limit`
 /// with its last progress line; prints that line every [`PROGRESS_EVERY`].
-async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+pub(super) async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = (bool, String)>,
