@@ -76,6 +76,7 @@ pub async fn run(
     let state = state_machine.reader();
     // A handle to write the applied state once Raft stopped (clones share it).
     let machine = state_machine.clone();
+    let log = log_store.clone();
 
     let server_config = tls::server_config(&identity, &[ALPN_RAFT, ALPN_AGENT, ALPN_API])?;
     let bind_error =
@@ -120,6 +121,7 @@ pub async fn run(
         agent_links: Default::default(),
         admission: Default::default(),
         leader_seen: Default::default(),
+        log: log.clone(),
     };
     let admin_listener = admin::bind(&config.admin_socket)?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -130,9 +132,13 @@ pub async fn run(
     tasks.spawn(crate::scheduler::applier::run(service.clone(), stop_rx.clone()));
     tasks.spawn(election::run(
         raft.clone(),
+        service.peers.clone(),
+        log,
         config.id,
-        Duration::from_millis(config.raft.election_timeout_min_ms),
-        Duration::from_millis(config.raft.election_timeout_max_ms),
+        (
+            Duration::from_millis(config.raft.election_timeout_min_ms),
+            Duration::from_millis(config.raft.election_timeout_max_ms),
+        ),
         rejoin_grace,
         stop_rx.clone(),
     ));

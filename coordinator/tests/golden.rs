@@ -257,6 +257,12 @@ fn peer_messages_keep_their_bytes() {
         last_log_id: Some(log_id(9)),
     });
     check_golden(&d, "peer_vote", &Req(vote));
+    let pre_vote = PeerRequest::PreVote(gantry_coordinator::peer::messages::PreVoteRequest {
+        candidate: 3,
+        last_log_id: Some(log_id(9)),
+    });
+    check_golden(&d, "peer_pre_vote", &Req(pre_vote));
+    check_golden(&d, "peer_pre_vote_reply", &Resp(PeerResponse::PreVote { granted: true }));
     check_golden(&d, "peer_not_leader", &Resp(PeerResponse::NotLeader));
     check_golden(
         &d,

@@ -230,6 +230,55 @@ fn restarted_follower_does_not_depose_the_leader() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A follower that hears nothing for longer than its election timeout
+/// (here: stopped with SIGSTOP for 2 s) must not raise the term when it
+/// resumes while the other follower still hears the leader: it asks for a
+/// pre-vote first, and the other says no. Without pre-votes it campaigned
+/// with a higher term the moment it resumed, and the leader stepped down.
+#[test]
+fn a_paused_follower_does_not_depose_the_leader() -> anyhow::Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let _serial = serial();
+    let c = DevCluster::start(DevOptions { agents: 0, ..Default::default() })?;
+    wait_new_leader(&c, None, Duration::from_secs(30))?;
+    let status =
+        |c: &DevCluster, p: &ProcessEntry| c.ctl::<ClusterStatus>(&socket(p), &["status", "--local"]);
+    let (leader, term) = wait_for(Duration::from_secs(30), || {
+        let views: Vec<ClusterStatus> = c.coordinators().iter().filter_map(|p| status(&c, p).ok()).collect();
+        let first = views.first()?;
+        let agreed =
+            views.iter().all(|v| v.leader.is_some() && v.leader == first.leader && v.term == first.term);
+        (views.len() == 3 && agreed).then_some((first.leader?, first.term))
+    })?;
+    let follower = c.coordinators().into_iter().find(|p| id_of(p) != leader).unwrap();
+    let pid = Pid::from_raw(c.pid(&follower) as i32);
+    for round in 0..3 {
+        kill(pid, Signal::SIGSTOP)?;
+        std::thread::sleep(Duration::from_secs(2));
+        kill(pid, Signal::SIGCONT)?;
+        // Longer than its election timer: an observation window, not a wait.
+        std::thread::sleep(Duration::from_secs(2));
+        for p in c.coordinators() {
+            let s = status(&c, &p)?;
+            assert_eq!(s.leader, Some(leader), "round {round}: {} sees another leader: {s:?}", p.name);
+            assert_eq!(
+                s.term,
+                term,
+                "round {round}: {}: an election happened: {s:?}\n{}",
+                p.name,
+                c.log_tail(&follower)
+            );
+        }
+    }
+    assert!(
+        c.log_count(&follower, "the other voters do not agree") > 0,
+        "the paused follower never asked for a pre-vote:\n{}",
+        c.log_tail(&follower)
+    );
+    Ok(())
+}
+
 #[test]
 fn silent_node_is_marked_down_and_recovers() -> anyhow::Result<()> {
     let _serial = serial();

@@ -4,7 +4,8 @@
 //! shows it in `gantryctl status`), a batch of workloads goes as one Raft
 //! entry per workload, through the leader and through that member alike;
 //! once every member speaks 3 it is one entry. `gantryctl run DIR` is the
-//! batch.
+//! batch. A member capped at 3 (no pre-votes) does not keep the others
+//! from electing a leader.
 //!
 //! The member is capped before the first batch: a rolling upgrade starts
 //! from old members. (Taking a member back below a version once entries of
@@ -92,11 +93,12 @@ fn a_batch_is_one_entry_unless_a_member_speaks_only_protocol_2() -> anyhow::Resu
     let again = run_dir(&c, &old, &batch_dir(files.path(), &["old-a", "old-b"]));
     assert!(again.iter().all(|r| !r.changed && r.version == 1), "{again:?}");
 
-    // Upgraded: every member speaks 3, and a batch is one entry.
+    // Upgraded: every member speaks this build's version (3 brought
+    // batches, 4 pre-votes), and a batch is one entry.
     c.kill9(&old)?;
     std::fs::write(&old.config, config)?;
     c.restart(&old)?;
-    wait_protocol(&c, &old, 3);
+    wait_protocol(&c, &old, gantry_common::wire::PROTOCOL_VERSION);
     let last = run_dir(&c, &leader(&c), &batch_dir(files.path(), &["new-a", "new-b", "new-c"]));
     assert_eq!(entries(&last), 1, "one Raft entry: {last:?}");
     let via_upgraded = run_dir(&c, &old, &batch_dir(files.path(), &["up-a", "up-b"]));
@@ -128,5 +130,41 @@ fn a_batch_with_a_bad_file_submits_nothing() -> anyhow::Result<()> {
     assert!(message.contains("nothing was submitted"), "{message}");
     let views: Vec<WorkloadView> = c.ctl(&socket(&c.coordinator(1)?), &["workloads"])?;
     assert!(views.is_empty(), "{views:?}");
+    Ok(())
+}
+
+/// Pre-votes came with protocol 4. A cluster halfway through the upgrade
+/// (one member capped at 3, as the previous version speaks) still elects
+/// a new leader when its leader is killed: the new members count the old
+/// one's missing pre-vote as a yes, and the old one campaigns as before.
+#[test]
+fn a_leader_is_elected_while_a_member_speaks_only_protocol_3() -> anyhow::Result<()> {
+    let _guard = serial();
+    let mut c = DevCluster::start(DevOptions { agents: 0, ..Default::default() })?;
+    let old = c.coordinators().into_iter().find(|p| p.name != leader(&c).name).unwrap();
+    c.kill9(&old)?;
+    let config = std::fs::read_to_string(&old.config)?;
+    std::fs::write(&old.config, format!("max_protocol_version = 3\n{config}"))?;
+    c.restart(&old)?;
+    wait_protocol(&c, &old, 3);
+    for _ in 0..2 {
+        let dead = leader(&c);
+        c.kill9(&dead)?;
+        let next = wait_for(Duration::from_secs(20), || {
+            c.coordinators().into_iter().filter(|p| p.name != dead.name).find(|p| {
+                let s: Option<ClusterStatus> = c.ctl(&socket(p), &["status", "--local"]).ok();
+                s.is_some_and(|s| {
+                    s.members.iter().any(|m| m.id == s.answered_by && m.role == MemberRole::Leader)
+                })
+            })
+        })
+        .unwrap_or_else(|_| panic!("no new leader after {} was killed", dead.name));
+        assert_ne!(next.name, dead.name);
+        c.restart(&dead)?;
+        wait_for(Duration::from_secs(30), || {
+            let s: ClusterStatus = c.ctl(&socket(&next), &["status"]).ok()?;
+            (s.members.iter().filter(|m| m.reachable).count() == 3).then_some(())
+        })?;
+    }
     Ok(())
 }

@@ -17,8 +17,10 @@ use crate::workload::{AllocReport, Allocation, DesiredAlloc, WorkloadSpec};
 /// encoding; the hello frames stay postcard so that either side can read the
 /// other's version and refuse it clearly. 3: a hello carries a version
 /// range and the answer the version agreed; a batch of workloads is one
-/// request (`ApiRequest::SubmitWorkloads`) and one Raft entry.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// request (`ApiRequest::SubmitWorkloads`) and one Raft entry. 4:
+/// coordinators ask each other a pre-vote before they campaign (the
+/// coordinator's `PeerRequest::PreVote`).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Lowest version this build still speaks: a cluster is upgraded one
 /// process at a time, and each connection speaks the highest version both

@@ -7,6 +7,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::LogId;
 use serde::{Deserialize, Serialize};
 
 use crate::raft::{NodeId, TypeConfig};
@@ -25,6 +26,17 @@ pub enum PeerRequest {
     /// An allocation's output from the coordinator holding its node's agent
     /// link: answered with [`PeerResponse::Logs`], then the raw bytes.
     Logs(LogsRequest),
+    /// Would you vote for me if I campaigned now? Asked before an election
+    /// and answered with [`PeerResponse::PreVote`]; changes nothing on
+    /// either side (protocol 4, [`crate::raft::election::PRE_VOTE_PROTOCOL`]).
+    PreVote(PreVoteRequest),
+}
+
+/// A pre-vote: who would campaign, and the last log entry it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreVoteRequest {
+    pub candidate: NodeId,
+    pub last_log_id: Option<LogId<NodeId>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -40,4 +52,10 @@ pub enum PeerResponse {
     Refused(String),
     /// The head of a logs answer; with `Ok` the output follows.
     Logs(LogsHeader),
+    /// The answer to a pre-vote: `granted` when this coordinator has no
+    /// leader it heard within the lease and the candidate's log is at
+    /// least as long as its own.
+    PreVote {
+        granted: bool,
+    },
 }

@@ -16,18 +16,37 @@
 //! - the election timeout is drawn afresh from `[min, max)` every time the
 //!   vote is touched (a heartbeat from the leader, a vote given, a campaign),
 //!   so a split vote is followed by two different waits;
-//! - it is checked every [`POLL`], not on a 300 ms tick.
+//! - it is checked every [`POLL`], not on a 300 ms tick;
+//! - before it campaigns, a voter asks the others for a pre-vote (as
+//!   openraft 0.10 and etcd do): would they vote for it now? A voter that
+//!   still hears its leader within the lease, or holds a longer log, says
+//!   no. Only with a majority of yeses (its own included) does it start the
+//!   election, so one follower that missed heartbeats (a loaded host, a
+//!   one-sided partition) no longer raises the term and deposes a leader
+//!   the others still follow. Peers that speak a protocol older than
+//!   [`PRE_VOTE_PROTOCOL`] are counted as yeses: with them the cluster
+//!   behaves as before.
 //!
 //! A restarted voter first waits for the leader ([`super::rejoin`]).
-//! [`decide`] is the pure part; [`run`] asks Raft and acts.
+//! [`decide`], [`grant`] and [`won`] are the pure part; [`run`] asks Raft
+//! and the peers, and acts.
 
 use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::{LogId, ServerState};
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{debug, info};
 
+use super::log_store::LogStore;
 use super::{rejoin, NodeId, Raft};
+use crate::peer::client::PeerClient;
+use crate::peer::messages::{PeerRequest, PeerResponse, PreVoteRequest};
+
+/// The first protocol version whose coordinators answer pre-votes.
+pub const PRE_VOTE_PROTOCOL: u32 = 4;
+
+/// How long a pre-vote waits for each answer, at most.
+const PRE_VOTE_WAIT: Duration = Duration::from_millis(300);
 
 /// How often the rule is checked.
 pub const POLL: Duration = Duration::from_millis(20);
@@ -65,6 +84,25 @@ pub fn decide(seen: &Seen, timing: Timing) -> bool {
     seen.vote_age.is_none_or(|age| age >= wait)
 }
 
+/// Whether a voter whose view is `seen` (`mine`: its last log entry)
+/// would vote for a candidate whose last entry is `theirs` if it
+/// campaigned now: not while it leads or still hears a leader within the
+/// `lease`, and not for a shorter log (Raft's up-to-date rule).
+pub fn grant(
+    seen: &Seen,
+    lease: Duration,
+    mine: Option<LogId<NodeId>>,
+    theirs: Option<LogId<NodeId>>,
+) -> bool {
+    let hears_leader = seen.committed && seen.vote_age.is_some_and(|age| age < lease);
+    seen.state != ServerState::Leader && !hears_leader && theirs >= mine
+}
+
+/// Whether `yes` pre-votes (the candidate's own included) of `voters` are a majority.
+pub fn won(yes: usize, voters: usize) -> bool {
+    yes * 2 > voters
+}
+
 /// A fresh election timeout in `[min, max)`; `unit` is uniform in `[0, 1)`.
 pub fn draw(min: Duration, max: Duration, unit: f64) -> Duration {
     let spread = max.saturating_sub(min);
@@ -76,12 +114,92 @@ pub fn draw(min: Duration, max: Duration, unit: f64) -> Duration {
     min + spread.mul_f64(unit.clamp(0.0, 1.0)).min(last)
 }
 
+/// What one look at Raft's state gives: the view and when the vote was last touched.
+type Look = (Seen, Option<tokio::time::Instant>);
+
+async fn look(raft: &Raft, id: NodeId) -> Option<Look> {
+    raft.with_raft_state(move |s| {
+        let membership = s.membership_state.effective();
+        let (mut voter, mut voters) = (false, 0);
+        for v in membership.voter_ids() {
+            voter |= v == id;
+            voters += 1;
+        }
+        let seen = Seen {
+            state: s.server_state,
+            voter,
+            voters,
+            committed: s.vote_ref().is_committed(),
+            vote_age: s.vote_last_modified().map(|t| t.elapsed()),
+        };
+        (seen, s.vote_last_modified())
+    })
+    .await
+    .ok()
+}
+
+/// Answers a pre-vote from another coordinator.
+pub async fn answer_pre_vote(raft: &Raft, log: &LogStore, id: NodeId, req: &PreVoteRequest) -> bool {
+    let lease = Duration::from_millis(raft.config().election_timeout_max);
+    match look(raft, id).await {
+        Some((seen, _)) => grant(&seen, lease, log.last_log_id().await, req.last_log_id),
+        None => false,
+    }
+}
+
+/// Asks every other voter for a pre-vote; whether a majority said yes.
+async fn pre_vote(raft: &Raft, peers: &PeerClient, id: NodeId, last_log_id: Option<LogId<NodeId>>) -> bool {
+    if peers.max_protocol() < PRE_VOTE_PROTOCOL {
+        return true;
+    }
+    let membership = raft.metrics().borrow().membership_config.clone();
+    let voters: Vec<(NodeId, String)> = membership
+        .membership()
+        .voter_ids()
+        .filter(|v| *v != id)
+        .filter_map(|v| membership.membership().get_node(&v).map(|n| (v, n.addr.clone())))
+        .collect();
+    let total = voters.len() + 1;
+    let mut asks = tokio::task::JoinSet::new();
+    for (peer, addr) in voters {
+        let peers = peers.clone();
+        let req = PeerRequest::PreVote(PreVoteRequest { candidate: id, last_log_id });
+        asks.spawn(async move {
+            let yes = match peers.version_with(&addr, PRE_VOTE_WAIT).await {
+                // An older peer has no pre-vote: as before, it does not hold us back.
+                Some(v) if v < PRE_VOTE_PROTOCOL => true,
+                None => false,
+                Some(_) => matches!(
+                    peers.call(&addr, &req, PRE_VOTE_WAIT).await,
+                    Ok(PeerResponse::PreVote { granted: true })
+                ),
+            };
+            (peer, yes)
+        });
+    }
+    let mut yes = 1;
+    let mut no = Vec::new();
+    while let Some(answer) = asks.join_next().await {
+        match answer {
+            Ok((_, true)) => yes += 1,
+            Ok((peer, false)) => no.push(peer),
+            Err(_) => {}
+        }
+        if won(yes, total) {
+            return true;
+        }
+    }
+    debug!(id, yes, of = total, ?no, "pre-vote not granted");
+    false
+}
+
 /// Runs elections for this coordinator until `shutdown`.
 pub async fn run(
     raft: Raft,
+    peers: PeerClient,
+    log: LogStore,
     id: NodeId,
-    min: Duration,
-    max: Duration,
+    (min, max): (Duration, Duration),
     rejoin_grace: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -90,6 +208,9 @@ pub async fn run(
     }
     let mut timing = Timing { lease: max, timeout: draw(min, max, fastrand::f64()) };
     let mut last_touched = None;
+    // After a pre-vote that was not granted: not before this again.
+    let mut next_try = tokio::time::Instant::now();
+    let mut refused_in_a_row = 0u32;
     loop {
         tokio::select! {
             () = tokio::time::sleep(POLL) => {}
@@ -97,38 +218,32 @@ pub async fn run(
         }
         // The leader needs nothing more: skip asking Raft's core.
         if raft.metrics().borrow().state == ServerState::Leader {
+            refused_in_a_row = 0;
             continue;
         }
-        let Ok((seen, touched)) = raft
-            .with_raft_state(move |s| {
-                let membership = s.membership_state.effective();
-                let (mut voter, mut voters) = (false, 0);
-                for v in membership.voter_ids() {
-                    voter |= v == id;
-                    voters += 1;
-                }
-                let seen = Seen {
-                    state: s.server_state,
-                    voter,
-                    voters,
-                    committed: s.vote_ref().is_committed(),
-                    vote_age: s.vote_last_modified().map(|t| t.elapsed()),
-                };
-                (seen, s.vote_last_modified())
-            })
-            .await
-        else {
+        let Some((seen, touched)) = look(&raft, id).await else {
             // Raft's core has stopped; the coordinator exits on that.
             return;
         };
         if touched != last_touched {
             last_touched = touched;
             timing.timeout = draw(min, max, fastrand::f64());
+            refused_in_a_row = 0;
         }
-        if decide(&seen, timing) {
-            info!(id, state = ?seen.state, quiet = ?seen.vote_age, timeout = ?timing.timeout, "starting an election");
-            let _ = raft.trigger().elect().await;
+        if !decide(&seen, timing) || tokio::time::Instant::now() < next_try {
+            continue;
         }
+        if seen.voters > 1 && !pre_vote(&raft, &peers, id, log.last_log_id().await).await {
+            refused_in_a_row += 1;
+            if refused_in_a_row == 1 {
+                info!(id, quiet = ?seen.vote_age, "no leader heard, but the other voters do not agree: not campaigning");
+            }
+            timing.timeout = draw(min, max, fastrand::f64());
+            next_try = tokio::time::Instant::now() + timing.timeout;
+            continue;
+        }
+        info!(id, state = ?seen.state, quiet = ?seen.vote_age, timeout = ?timing.timeout, "starting an election");
+        let _ = raft.trigger().elect().await;
     }
 }
 
@@ -184,6 +299,43 @@ mod tests {
         assert!(decide(&alone, TIMING));
         let campaigning = Seen { state: ServerState::Candidate, ..alone };
         assert!(!decide(&campaigning, TIMING));
+    }
+
+    fn log(term: u64, index: u64) -> Option<LogId<NodeId>> {
+        Some(LogId::new(openraft::CommittedLeaderId::new(term, 1), index))
+    }
+
+    #[test]
+    fn a_voter_that_still_hears_its_leader_refuses_a_pre_vote() {
+        assert!(!grant(&follower(true, Some(100)), LEASE, log(2, 9), log(2, 9)));
+        // Its lease has run out: yes.
+        assert!(grant(&follower(true, Some(600)), LEASE, log(2, 9), log(2, 9)));
+        // A leader never says yes.
+        let leader = Seen { state: ServerState::Leader, ..follower(true, Some(60_000)) };
+        assert!(!grant(&leader, LEASE, log(2, 9), log(2, 9)));
+        // No committed leader (a campaign going on, or never heard since start-up): yes.
+        assert!(grant(&follower(false, Some(0)), LEASE, log(2, 9), log(2, 9)));
+        assert!(grant(&follower(true, None), LEASE, None, None));
+    }
+
+    #[test]
+    fn a_pre_vote_for_a_shorter_log_is_refused() {
+        let quiet = follower(true, Some(5_000));
+        assert!(!grant(&quiet, LEASE, log(2, 9), log(2, 8)));
+        assert!(!grant(&quiet, LEASE, log(3, 1), log(2, 50)), "a later term beats a longer log");
+        assert!(!grant(&quiet, LEASE, log(2, 9), None));
+        assert!(grant(&quiet, LEASE, log(2, 9), log(2, 10)));
+        assert!(grant(&quiet, LEASE, None, None));
+    }
+
+    #[test]
+    fn a_pre_vote_needs_a_strict_majority_of_the_voters() {
+        assert!(won(1, 1));
+        assert!(!won(1, 3));
+        assert!(won(2, 3));
+        assert!(!won(2, 4));
+        assert!(won(3, 5));
+        assert!(!won(2, 5));
     }
 
     #[test]

@@ -43,6 +43,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+impl LogStore {
+    /// The last entry in the log (or the last purged one), read from the
+    /// store: for pre-votes, which must not wait on Raft's core.
+    pub async fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        self.clone().get_log_state().await.ok().and_then(|s| s.last_log_id)
+    }
+}
+
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 

@@ -48,7 +48,12 @@ const POLL: Duration = Duration::from_millis(50);
 /// start-up (every AppendEntries or heartbeat from the leader touches it):
 /// the leader in the metrics is no proof, since it comes from the vote
 /// stored before the restart.
-pub async fn wait_for_leader(raft: &Raft, id: NodeId, grace: Duration, mut shutdown: watch::Receiver<bool>) -> bool {
+pub async fn wait_for_leader(
+    raft: &Raft,
+    id: NodeId,
+    grace: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> bool {
     if !grace.is_zero() {
         let at_start = raft.with_raft_state(|s| s.vote_last_modified()).await.ok().flatten();
         let deadline = tokio::time::Instant::now() + grace;

@@ -66,6 +66,8 @@ pub struct Service {
     pub admission: crate::admission::Admission,
     /// When this coordinator last knew a leader (for stale answers).
     pub leader_seen: LeaderSeen,
+    /// The Raft log, read for its last entry when answering a pre-vote.
+    pub log: crate::raft::log_store::LogStore,
 }
 
 /// When a leader was last known; updated by [`LeaderSeen::follow`].
@@ -159,6 +161,9 @@ impl Service {
             PeerRequest::Forward { req, key } => self.handle_forwarded(req, key).await,
             // Streamed by the endpoint (`serve_peer_stream`), never answered here.
             PeerRequest::Logs(_) => PeerResponse::Refused("logs are streamed, not answered".into()),
+            PeerRequest::PreVote(r) => PeerResponse::PreVote {
+                granted: crate::raft::election::answer_pre_vote(&self.raft, &self.log, self.id, &r).await,
+            },
         }
     }
 

@@ -153,7 +153,10 @@ pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
 }
 
 /// A fresh directory: `dir` itself, or a temporary one (kept alive by the guard).
-fn run_dir(dir: Option<&std::path::Path>, sub: &str) -> anyhow::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
+fn run_dir(
+    dir: Option<&std::path::Path>,
+    sub: &str,
+) -> anyhow::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
     match dir {
         Some(d) => {
             let dir = d.join(sub);
@@ -161,7 +164,10 @@ fn run_dir(dir: Option<&std::path::Path>, sub: &str) -> anyhow::Result<(std::pat
             Ok((dir, None))
         }
         None => {
-            let t = tempfile::Builder::new().prefix("gantry-bench-").tempdir().context("creating a temporary dir")?;
+            let t = tempfile::Builder::new()
+                .prefix("gantry-bench-")
+                .tempdir()
+                .context("creating a temporary dir")?;
             Ok((t.path().to_path_buf(), Some(t)))
         }
     }

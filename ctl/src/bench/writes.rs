@@ -48,7 +48,9 @@ impl Conn {
                 handshake(s).await?
             }
             Endpoint::Tcp(addr) => {
-                let s = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+                let s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .with_context(|| format!("connecting to {addr}"))?;
                 s.set_nodelay(true).context("TCP_NODELAY")?;
                 handshake(s).await?
             }
@@ -99,7 +101,11 @@ pub enum System {
 /// Client `client`'s write number `seq`: method, path, body.
 pub fn write_request(system: System, client: usize, seq: u64, nodes: usize) -> (Method, String, Vec<u8>) {
     match system {
-        System::Etcd => (Method::POST, "/v3/kv/put".into(), etcd::put_body(&format!("bench-{client}"), seq.to_string().as_bytes())),
+        System::Etcd => (
+            Method::POST,
+            "/v3/kv/put".into(),
+            etcd::put_body(&format!("bench-{client}"), seq.to_string().as_bytes()),
+        ),
         System::Gantry => {
             let node = node_name(client % nodes.max(1), nodes.max(1));
             let body = format!(r#"{{"set":{{"bench-{client}":"{seq}"}}}}"#).into_bytes();
@@ -149,7 +155,13 @@ pub fn median(values: &[f64]) -> f64 {
 /// `clients` clients spread over `endpoints`, writing for `duration`.
 /// Errors (a non-2xx answer, a broken connection, reconnected) are counted,
 /// not timed.
-async fn drive(system: System, endpoints: &[Endpoint], clients: usize, duration: Duration, nodes: usize) -> WriteStats {
+async fn drive(
+    system: System,
+    endpoints: &[Endpoint],
+    clients: usize,
+    duration: Duration,
+    nodes: usize,
+) -> WriteStats {
     let deadline = Instant::now() + duration;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -234,7 +246,12 @@ pub struct WritesReport {
 }
 
 impl WritesReport {
-    pub fn from_rounds(plan: &WritesPlan, clients: usize, etcd: Vec<WriteStats>, gantry: Vec<WriteStats>) -> Self {
+    pub fn from_rounds(
+        plan: &WritesPlan,
+        clients: usize,
+        etcd: Vec<WriteStats>,
+        gantry: Vec<WriteStats>,
+    ) -> Self {
         let med = |v: &[WriteStats], f: fn(&WriteStats) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
         let etcd_writes_per_s = med(&etcd, |s| s.writes_per_s);
         let gantry_writes_per_s = med(&gantry, |s| s.writes_per_s);
@@ -259,7 +276,9 @@ impl WritesReport {
     }
 
     pub fn lines(&self) -> Vec<String> {
-        let rates = |v: &[WriteStats]| v.iter().map(|s| format!("{:.0}", s.writes_per_s)).collect::<Vec<_>>().join(", ");
+        let rates = |v: &[WriteStats]| {
+            v.iter().map(|s| format!("{:.0}", s.writes_per_s)).collect::<Vec<_>>().join(", ")
+        };
         vec![
             format!(
                 "{} clients, {} members each, {} nodes and {} allocations held, {} rounds of {:.0} s:",
@@ -286,7 +305,11 @@ impl WritesReport {
                 self.gantry_p99_ms,
                 self.gantry_errors
             ),
-            format!("  gantry / etcd: {:.2}x writes/s, p99 {:.2}x", self.ratio, ratio(self.gantry_p99_ms, self.etcd_p99_ms)),
+            format!(
+                "  gantry / etcd: {:.2}x writes/s, p99 {:.2}x",
+                self.ratio,
+                ratio(self.gantry_p99_ms, self.etcd_p99_ms)
+            ),
         ]
     }
 }
@@ -331,16 +354,9 @@ async fn with_both(
     let leader = cluster.wait_leader(Duration::from_secs(60)).await?;
     say(&format!("leader {leader}; starting {nodes} simulated nodes…"));
     let gpus = gantry_common::gpu_spec::parse_gpu_spec("16xH100-80GB").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let swarm = Swarm::start(
-        &cluster.pki(),
-        nodes,
-        &gpus,
-        cluster.listen_addrs(),
-        plan.heartbeat_every,
-        0,
-        &|_| {},
-    )
-    .await?;
+    let swarm =
+        Swarm::start(&cluster.pki(), nodes, &gpus, cluster.listen_addrs(), plan.heartbeat_every, 0, &|_| {})
+            .await?;
     let outcome = measure(plan, nodes, etcd, cluster, &swarm, say).await;
     swarm.stop().await;
     outcome
@@ -362,20 +378,28 @@ async fn measure(
     if plan.allocations > 0 {
         fill(plan, nodes, etcd, cluster, swarm, leader, say).await?;
     }
-    let gantry: Vec<Endpoint> = cluster
-        .ids()
-        .map(|id| cluster.socket(id).map(Endpoint::Unix))
-        .collect::<anyhow::Result<_>>()?;
+    let gantry: Vec<Endpoint> =
+        cluster.ids().map(|id| cluster.socket(id).map(Endpoint::Unix)).collect::<anyhow::Result<_>>()?;
     let etcd_at: Vec<Endpoint> = etcd.clients.iter().map(|a| Endpoint::Tcp(*a)).collect();
     let mut reports = Vec::new();
     for &clients in &plan.clients {
         let (mut e, mut g) = (Vec::new(), Vec::new());
         for round in 0..plan.rounds {
             let s = drive(System::Etcd, &etcd_at, clients, plan.duration, nodes).await;
-            say(&format!("{clients} clients, round {}: etcd {:.0} writes/s, p99 {:.2} ms", round + 1, s.writes_per_s, s.p99_ms));
+            say(&format!(
+                "{clients} clients, round {}: etcd {:.0} writes/s, p99 {:.2} ms",
+                round + 1,
+                s.writes_per_s,
+                s.p99_ms
+            ));
             e.push(s);
             let s = drive(System::Gantry, &gantry, clients, plan.duration, nodes).await;
-            say(&format!("{clients} clients, round {}: gantry {:.0} writes/s, p99 {:.2} ms", round + 1, s.writes_per_s, s.p99_ms));
+            say(&format!(
+                "{clients} clients, round {}: gantry {:.0} writes/s, p99 {:.2} ms",
+                round + 1,
+                s.writes_per_s,
+                s.p99_ms
+            ));
             g.push(s);
         }
         reports.push(WritesReport::from_rounds(plan, clients, e, g));
@@ -387,6 +411,21 @@ async fn measure(
 /// coordinators hold: a node with 16 GPUs and an allocation, as JSON.
 const NODE_RECORD_BYTES: usize = 2_048;
 const ALLOC_RECORD_BYTES: usize = 512;
+
+/// Most replicas one workload may have.
+const MAX_REPLICAS: u64 = gantry_common::workload::spec::MAX_REPLICAS as u64;
+
+/// Replica counts of the workloads that hold `allocations` in all.
+pub fn fill_sizes(allocations: u64) -> Vec<u64> {
+    let mut left = allocations;
+    let mut sizes = Vec::new();
+    while left > 0 {
+        let n = left.min(MAX_REPLICAS);
+        sizes.push(n);
+        left -= n;
+    }
+    sizes
+}
 
 /// Places `allocations` one-GPU replicas on the swarm and writes as many
 /// keys (plus one per node) into etcd.
@@ -405,9 +444,14 @@ async fn fill(
     }
     say(&format!("placing {} allocations…", plan.allocations));
     let admin = cluster.client(leader)?;
-    let fill = spec("bench-fill", plan.allocations)?;
-    let secs = placed(swarm, plan.allocations, plan.phase_limit, "the fill workload's replicas", async {
-        workload_cmds::submit(&admin, &fill).await.map(|_| ())
+    // A workload has at most MAX_REPLICAS replicas: several, in one batch.
+    let fill: Vec<_> = fill_sizes(plan.allocations)
+        .into_iter()
+        .enumerate()
+        .map(|(i, replicas)| spec(&format!("bench-fill-{i}"), replicas))
+        .collect::<anyhow::Result<_>>()?;
+    let secs = placed(swarm, plan.allocations, plan.phase_limit, "the fill workloads' replicas", async {
+        workload_cmds::submit_batch(&admin, &fill).await.map(|_| ())
     })
     .await?;
     say(&format!("{} allocations running after {secs:.1} s; filling etcd…", plan.allocations));
@@ -423,7 +467,9 @@ async fn fill(
         tasks.spawn(async move {
             let mut conn = Conn::open(&to).await?;
             for (key, size) in keys.iter().skip(f).step_by(FILLERS) {
-                let (status, body) = conn.call(Method::POST, "/v3/kv/put", Some(etcd::put_body(key, &vec![b'x'; *size]))).await?;
+                let (status, body) = conn
+                    .call(Method::POST, "/v3/kv/put", Some(etcd::put_body(key, &vec![b'x'; *size])))
+                    .await?;
                 if !status.is_success() {
                     bail!("etcd put {key}: {status} {}", String::from_utf8_lossy(&body));
                 }
@@ -463,6 +509,13 @@ mod tests {
     }
 
     #[test]
+    fn allocations_are_cut_into_workloads_of_at_most_ten_thousand() {
+        assert_eq!(fill_sizes(0), Vec::<u64>::new());
+        assert_eq!(fill_sizes(10_000), vec![10_000]);
+        assert_eq!(fill_sizes(25_001), vec![10_000, 10_000, 5_001]);
+    }
+
+    #[test]
     fn the_median_of_rounds_is_the_middle_one() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.0);
@@ -493,7 +546,8 @@ mod tests {
             etcd: PathBuf::from("etcd"),
             phase_limit: Duration::from_secs(60),
         };
-        let s = |w: f64, p99: f64| WriteStats { writes_per_s: w, p99_ms: p99, errors: 1, ..Default::default() };
+        let s =
+            |w: f64, p99: f64| WriteStats { writes_per_s: w, p99_ms: p99, errors: 1, ..Default::default() };
         let r = WritesReport::from_rounds(
             &plan,
             16,
