@@ -156,6 +156,15 @@ pub fn phase_size(gpus: u64, share: f64, cap: u64) -> u64 {
 }
 
 /// 1 % of `nodes`, at least one.
+/// Whether every node named in `names` is in `views` and down.
+pub fn all_down(views: &[gantry_common::api::NodeView], names: &std::collections::BTreeSet<String>) -> bool {
+    let down = views
+        .iter()
+        .filter(|v| names.contains(&v.name) && v.status == gantry_common::model::NodeStatus::Down)
+        .count();
+    down == names.len()
+}
+
 pub fn one_percent(nodes: usize) -> usize {
     (nodes / 100).max(1)
 }
@@ -163,6 +172,37 @@ pub fn one_percent(nodes: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(name: &str, status: gantry_common::model::NodeStatus) -> gantry_common::api::NodeView {
+        gantry_common::api::NodeView {
+            name: name.into(),
+            status,
+            heartbeat_age_s: None,
+            labels: Default::default(),
+            cpu_count: 1,
+            memory_total_mib: 1,
+            cpu_usage_pct: None,
+            memory_used_mib: None,
+            gpu_count: 0,
+            gpu_backend: "sim".into(),
+            agent_version: "0".into(),
+            drained: false,
+            allocs: 0,
+            problem: None,
+        }
+    }
+
+    #[test]
+    fn dead_nodes_are_judged_by_name_not_by_the_count() {
+        use gantry_common::model::NodeStatus::{Down, Ready};
+        let names: std::collections::BTreeSet<String> = ["a", "b"].map(String::from).into();
+        // Two nodes down, but not the two silenced: not done.
+        let other = [view("a", Down), view("b", Ready), view("c", Down)];
+        assert!(!all_down(&other, &names));
+        assert!(all_down(&[view("a", Down), view("b", Down), view("c", Ready)], &names));
+        // A silenced node missing from the view is not down.
+        assert!(!all_down(&[view("a", Down)], &names));
+    }
 
     #[test]
     fn cpu_ticks_survive_odd_command_names() {

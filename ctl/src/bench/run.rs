@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use gantry_common::api::ClusterStatus;
+use gantry_common::api::{ClusterStatus, NodeView};
 use gantry_common::gpu_spec::GpuGroup;
 use gantry_common::workload::spec_file::parse_workload_toml;
 use gantry_common::workload::WorkloadSpec;
@@ -189,7 +189,10 @@ async fn measure(
     let held: u64 = dead.iter().filter_map(|&i| swarm.slots.get(i)).map(|s| s.running() as u64).sum();
     r.dead_allocs_replaced = held;
     say(&format!("silencing {} nodes holding {held} allocations…", r.dead_nodes));
-    let base_down = leader_metric(&admin, "gantry_nodes", "{status=\"down\"}").await.unwrap_or(0.0);
+    // Judged by name: other nodes going down or coming back at the same
+    // time (a busy registration) must not move the count either way.
+    let dead_names: std::collections::BTreeSet<String> =
+        dead.iter().filter_map(|&i| swarm.slots.get(i)).map(|s| s.name.clone()).collect();
     let base_started = swarm.shared.started.load(Ordering::Relaxed);
     let t0 = Instant::now();
     swarm.set_alive(&dead, false);
@@ -198,8 +201,8 @@ async fn measure(
     let deadline = t0 + limit;
     while down_at.is_none() || replaced_at.is_none() {
         if down_at.is_none() {
-            let down = leader_metric(&admin, "gantry_nodes", "{status=\"down\"}").await.unwrap_or(0.0);
-            if down - base_down >= r.dead_nodes as f64 {
+            let views: Vec<NodeView> = admin.get("/v1/nodes").await.unwrap_or_default();
+            if super::report::all_down(&views, &dead_names) {
                 down_at = Some(t0.elapsed());
             }
         }
