@@ -101,6 +101,10 @@ impl Etcd {
         self.logs.get(i).map(|p| p.display().to_string()).unwrap_or_default()
     }
 
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
     pub fn stop(mut self) {
         for c in &mut self.children {
             let _ = c.kill();

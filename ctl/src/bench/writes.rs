@@ -122,6 +122,10 @@ pub struct WriteStats {
     pub writes_per_s: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// CPU time (user + system) the members used per write, summed over
+    /// members, in milliseconds: a 2-core host runs out of CPU first.
+    #[serde(default)]
+    pub cpu_ms_per_write: f64,
 }
 
 /// Nearest-rank quantile of sorted samples, in ms (0 for none).
@@ -142,6 +146,7 @@ pub fn summarize(mut latencies: Vec<Duration>, errors: u64, elapsed: Duration) -
         writes_per_s: writes as f64 / elapsed.as_secs_f64().max(1e-9),
         p50_ms: quantile_ms(&latencies, 0.50),
         p99_ms: quantile_ms(&latencies, 0.99),
+        cpu_ms_per_write: 0.0,
     }
 }
 
@@ -239,6 +244,8 @@ pub struct WritesReport {
     pub gantry_p50_ms: f64,
     pub etcd_p99_ms: f64,
     pub gantry_p99_ms: f64,
+    pub etcd_cpu_ms_per_write: f64,
+    pub gantry_cpu_ms_per_write: f64,
     pub etcd_errors: u64,
     pub gantry_errors: u64,
     pub etcd_rounds: Vec<WriteStats>,
@@ -268,6 +275,8 @@ impl WritesReport {
             gantry_p50_ms: med(&gantry, |s| s.p50_ms),
             etcd_p99_ms: med(&etcd, |s| s.p99_ms),
             gantry_p99_ms: med(&gantry, |s| s.p99_ms),
+            etcd_cpu_ms_per_write: med(&etcd, |s| s.cpu_ms_per_write),
+            gantry_cpu_ms_per_write: med(&gantry, |s| s.cpu_ms_per_write),
             etcd_errors: etcd.iter().map(|s| s.errors).sum(),
             gantry_errors: gantry.iter().map(|s| s.errors).sum(),
             etcd_rounds: etcd,
@@ -290,19 +299,21 @@ impl WritesReport {
                 self.round_s
             ),
             format!(
-                "  etcd:   {:.0} writes/s (rounds {}), p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                "  etcd:   {:.0} writes/s (rounds {}), p50 {:.2} ms, p99 {:.2} ms, {:.3} ms CPU per write, {} errors",
                 self.etcd_writes_per_s,
                 rates(&self.etcd_rounds),
                 self.etcd_p50_ms,
                 self.etcd_p99_ms,
+                self.etcd_cpu_ms_per_write,
                 self.etcd_errors
             ),
             format!(
-                "  gantry: {:.0} writes/s (rounds {}), p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                "  gantry: {:.0} writes/s (rounds {}), p50 {:.2} ms, p99 {:.2} ms, {:.3} ms CPU per write, {} errors",
                 self.gantry_writes_per_s,
                 rates(&self.gantry_rounds),
                 self.gantry_p50_ms,
                 self.gantry_p99_ms,
+                self.gantry_cpu_ms_per_write,
                 self.gantry_errors
             ),
             format!(
@@ -384,8 +395,10 @@ async fn measure(
     let mut reports = Vec::new();
     for &clients in &plan.clients {
         let (mut e, mut g) = (Vec::new(), Vec::new());
+        let etcd_pids = etcd.pids();
+        let gantry_pids: Vec<u32> = cluster.ids().filter_map(|id| cluster.pid(id).ok()).collect();
         for round in 0..plan.rounds {
-            let s = drive(System::Etcd, &etcd_at, clients, plan.duration, nodes).await;
+            let s = with_cpu(&etcd_pids, drive(System::Etcd, &etcd_at, clients, plan.duration, nodes)).await;
             say(&format!(
                 "{clients} clients, round {}: etcd {:.0} writes/s, p99 {:.2} ms",
                 round + 1,
@@ -393,7 +406,8 @@ async fn measure(
                 s.p99_ms
             ));
             e.push(s);
-            let s = drive(System::Gantry, &gantry, clients, plan.duration, nodes).await;
+            let s =
+                with_cpu(&gantry_pids, drive(System::Gantry, &gantry, clients, plan.duration, nodes)).await;
             say(&format!(
                 "{clients} clients, round {}: gantry {:.0} writes/s, p99 {:.2} ms",
                 round + 1,
@@ -405,6 +419,28 @@ async fn measure(
         reports.push(WritesReport::from_rounds(plan, clients, e, g));
     }
     Ok(reports)
+}
+
+/// CPU seconds the processes used so far (those that exited count 0).
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|&p| super::cluster::cpu_seconds(p).ok()).sum()
+}
+
+/// Runs a load and adds the members' CPU time per write to its stats.
+async fn with_cpu(pids: &[u32], load: impl std::future::Future<Output = WriteStats>) -> WriteStats {
+    let before = cpu_of(pids);
+    let mut stats = load.await;
+    stats.cpu_ms_per_write = per_write_ms(cpu_of(pids) - before, stats.writes);
+    stats
+}
+
+/// CPU seconds spread over `writes`, in ms (0 without writes).
+pub fn per_write_ms(cpu_s: f64, writes: u64) -> f64 {
+    if writes == 0 {
+        0.0
+    } else {
+        cpu_s.max(0.0) * 1e3 / writes as f64
+    }
 }
 
 /// Sizes of the records etcd is filled with, to hold about what the
@@ -513,6 +549,13 @@ mod tests {
         assert_eq!(fill_sizes(0), Vec::<u64>::new());
         assert_eq!(fill_sizes(10_000), vec![10_000]);
         assert_eq!(fill_sizes(25_001), vec![10_000, 10_000, 5_001]);
+    }
+
+    #[test]
+    fn cpu_is_spread_over_the_writes() {
+        assert_eq!(per_write_ms(2.0, 4000), 0.5);
+        assert_eq!(per_write_ms(2.0, 0), 0.0);
+        assert_eq!(per_write_ms(-1.0, 10), 0.0);
     }
 
     #[test]
