@@ -97,15 +97,26 @@ impl Etcd {
         Ok(())
     }
 
+    /// The member's log, named and with its last lines (the run's
+    /// directory may be a temporary one, gone when the bench exits).
     fn log(&self, i: usize) -> String {
-        self.logs.get(i).map(|p| p.display().to_string()).unwrap_or_default()
+        match self.logs.get(i) {
+            Some(p) => format!("{}, ending with:\n{}", p.display(), crate::dev::processes::tail(p, 10)),
+            None => String::new(),
+        }
     }
 
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()
     }
 
-    pub fn stop(mut self) {
+    /// Kills the members (also done when dropped: a start that fails half
+    /// way leaves no member running).
+    pub fn stop(self) {}
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
