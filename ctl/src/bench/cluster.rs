@@ -167,6 +167,15 @@ impl Cluster {
     }
 }
 
+/// A bench that ends early (an error, Ctrl-C) leaves no coordinator running.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in &mut self.running {
+            processes::stop(r, Duration::from_secs(5));
+        }
+    }
+}
+
 /// CPU time (user + system) a process has used, in seconds, from `/proc/PID/stat`.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -146,9 +146,19 @@ fn parse_coordinators(s: &str) -> Result<u32, String> {
 
 /// Runs `gantryctl bench`; `json` is gantryctl's global `--json`.
 pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
-    match args.cmd {
-        BenchCommand::Swarm(a) => swarm(a, json).await,
-        BenchCommand::Writes(a) => writes(a, json).await,
+    // Ctrl-C or SIGTERM drops the run, and with it every process it
+    // started (coordinators, etcd members: their `Drop` stops them), which
+    // run in their own process groups and would outlive a killed gantryctl.
+    let interrupted = gantry_common::shutdown::on_terminate();
+    let work = async {
+        match args.cmd {
+            BenchCommand::Swarm(a) => swarm(a, json).await,
+            BenchCommand::Writes(a) => writes(a, json).await,
+        }
+    };
+    tokio::select! {
+        r = work => r,
+        () = interrupted => anyhow::bail!("interrupted; the processes the bench started are stopped"),
     }
 }
 
