@@ -183,6 +183,23 @@ fn wiped_follower_is_caught_up_and_the_leader_keeps_leading() -> anyhow::Result<
 /// reconnect to a peer that was down can take longer than the restarted
 /// node's election timer: without the rejoin grace the restarted node
 /// campaigned and, its log being as long as anyone's, often won.
+/// Waits until every member, asked about itself, names one leader in one
+/// term (an election still going on at start-up is not what the tests
+/// that use this are about); returns that leader and term.
+fn settled(c: &DevCluster) -> anyhow::Result<(u64, u64)> {
+    wait_for(Duration::from_secs(30), || {
+        let views: Vec<ClusterStatus> = c
+            .coordinators()
+            .iter()
+            .filter_map(|p| c.ctl::<ClusterStatus>(&socket(p), &["status", "--local"]).ok())
+            .collect();
+        let first = views.first()?;
+        let agreed =
+            views.iter().all(|v| v.leader.is_some() && v.leader == first.leader && v.term == first.term);
+        (views.len() == 3 && agreed).then_some((first.leader?, first.term))
+    })
+}
+
 #[test]
 fn restarted_follower_does_not_depose_the_leader() -> anyhow::Result<()> {
     let _serial = serial();
@@ -190,15 +207,7 @@ fn restarted_follower_does_not_depose_the_leader() -> anyhow::Result<()> {
     wait_new_leader(&c, None, Duration::from_secs(30))?;
     let status =
         |c: &DevCluster, p: &ProcessEntry| c.ctl::<ClusterStatus>(&socket(p), &["status", "--local"]);
-    // Settled first: every member names one leader in one term (an
-    // election still going on at start-up is not what this test is about).
-    let (leader, term) = wait_for(Duration::from_secs(30), || {
-        let views: Vec<ClusterStatus> = c.coordinators().iter().filter_map(|p| status(&c, p).ok()).collect();
-        let first = views.first()?;
-        let agreed =
-            views.iter().all(|v| v.leader.is_some() && v.leader == first.leader && v.term == first.term);
-        (views.len() == 3 && agreed).then_some((first.leader?, first.term))
-    })?;
+    let (leader, term) = settled(&c)?;
     let follower = c.coordinators().into_iter().find(|p| id_of(p) != leader).unwrap();
     c.kill9(&follower)?;
     // The fault itself: a follower down long enough that the leader's
@@ -244,13 +253,7 @@ fn a_paused_follower_does_not_depose_the_leader() -> anyhow::Result<()> {
     wait_new_leader(&c, None, Duration::from_secs(30))?;
     let status =
         |c: &DevCluster, p: &ProcessEntry| c.ctl::<ClusterStatus>(&socket(p), &["status", "--local"]);
-    let (leader, term) = wait_for(Duration::from_secs(30), || {
-        let views: Vec<ClusterStatus> = c.coordinators().iter().filter_map(|p| status(&c, p).ok()).collect();
-        let first = views.first()?;
-        let agreed =
-            views.iter().all(|v| v.leader.is_some() && v.leader == first.leader && v.term == first.term);
-        (views.len() == 3 && agreed).then_some((first.leader?, first.term))
-    })?;
+    let (leader, term) = settled(&c)?;
     let follower = c.coordinators().into_iter().find(|p| id_of(p) != leader).unwrap();
     let pid = Pid::from_raw(c.pid(&follower) as i32);
     for round in 0..3 {

@@ -67,6 +67,19 @@ fn leader(c: &DevCluster) -> ProcessEntry {
     .unwrap()
 }
 
+/// Restarts a follower with `max_protocol_version = version` (as an older
+/// build speaks) and waits until the leader speaks that with it; returns
+/// the member and its config as it was, to upgrade it back.
+fn cap_a_follower(c: &mut DevCluster, version: u32) -> anyhow::Result<(ProcessEntry, String)> {
+    let old = c.coordinators().into_iter().find(|p| p.name != leader(c).name).unwrap();
+    c.kill9(&old)?;
+    let config = std::fs::read_to_string(&old.config)?;
+    std::fs::write(&old.config, format!("max_protocol_version = {version}\n{config}"))?;
+    c.restart(&old)?;
+    wait_protocol(c, &old, version);
+    Ok((old, config))
+}
+
 #[test]
 fn a_batch_is_one_entry_unless_a_member_speaks_only_protocol_2() -> anyhow::Result<()> {
     let _guard = serial();
@@ -74,12 +87,7 @@ fn a_batch_is_one_entry_unless_a_member_speaks_only_protocol_2() -> anyhow::Resu
     let files = tempfile::tempdir()?;
 
     // One member speaks only 2 from the start (the old version).
-    let old = c.coordinators().into_iter().find(|p| p.name != leader(&c).name).unwrap();
-    c.kill9(&old)?;
-    let config = std::fs::read_to_string(&old.config)?;
-    std::fs::write(&old.config, format!("max_protocol_version = 2\n{config}"))?;
-    c.restart(&old)?;
-    wait_protocol(&c, &old, 2);
+    let (old, config) = cap_a_follower(&mut c, 2)?;
     let via_leader = run_dir(&c, &leader(&c), &batch_dir(files.path(), &["mid-a", "mid-b", "mid-c"]));
     assert_eq!(
         via_leader.iter().map(|r| r.workload.as_str()).collect::<Vec<_>>(),
@@ -141,12 +149,7 @@ fn a_batch_with_a_bad_file_submits_nothing() -> anyhow::Result<()> {
 fn a_leader_is_elected_while_a_member_speaks_only_protocol_3() -> anyhow::Result<()> {
     let _guard = serial();
     let mut c = DevCluster::start(DevOptions { agents: 0, ..Default::default() })?;
-    let old = c.coordinators().into_iter().find(|p| p.name != leader(&c).name).unwrap();
-    c.kill9(&old)?;
-    let config = std::fs::read_to_string(&old.config)?;
-    std::fs::write(&old.config, format!("max_protocol_version = 3\n{config}"))?;
-    c.restart(&old)?;
-    wait_protocol(&c, &old, 3);
+    let (old, _) = cap_a_follower(&mut c, 3)?;
     for _ in 0..2 {
         let dead = leader(&c);
         c.kill9(&dead)?;
