@@ -44,10 +44,10 @@ pub async fn grace_for(raft: &Raft, was_initialized: bool) -> Duration {
 const POLL: Duration = Duration::from_millis(50);
 
 /// Returns once the leader has reached this node since it started, or
-/// after `grace`: `false` if the coordinator stops first. "Reached" is a committed vote touched after
-/// start-up (every AppendEntries or heartbeat from the leader touches it):
-/// the leader in the metrics is no proof, since it comes from the vote
-/// stored before the restart.
+/// after `grace`: `false` if the coordinator stops first. "Reached" is a
+/// committed vote touched after start-up (every AppendEntries or heartbeat
+/// from the leader touches it): the leader in the metrics is no proof,
+/// since it comes from the vote stored before the restart.
 pub async fn wait_for_leader(
     raft: &Raft,
     id: NodeId,
