@@ -149,7 +149,7 @@ fn a_batch_with_a_bad_file_submits_nothing() -> anyhow::Result<()> {
 fn a_leader_is_elected_while_a_member_speaks_only_protocol_3() -> anyhow::Result<()> {
     let _guard = serial();
     let mut c = DevCluster::start(DevOptions { agents: 0, ..Default::default() })?;
-    let (old, _) = cap_a_follower(&mut c, 3)?;
+    cap_a_follower(&mut c, 3)?;
     for _ in 0..2 {
         let dead = leader(&c);
         c.kill9(&dead)?;
