@@ -19,7 +19,7 @@
 //! unchanged since format 2, so any version reads any other's snapshots)
 //! and installs by import: the tables are emptied and rewritten.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use openraft::{BasicNode, LogId, StoredMembership};
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
@@ -119,7 +119,7 @@ impl Delta {
 fn rows<V: Serialize>(
     what: &'static str,
     keys: BTreeSet<String>,
-    records: &BTreeMap<String, V>,
+    records: &imbl::OrdMap<String, V>,
 ) -> Result<Rows, Fault> {
     keys.into_iter()
         .map(|key| {
@@ -157,7 +157,7 @@ fn write_all<V: Serialize>(
     txn: &WriteTransaction,
     table: TableDefinition<&str, &[u8]>,
     what: &'static str,
-    records: &BTreeMap<String, V>,
+    records: &imbl::OrdMap<String, V>,
 ) -> Result<(), Fault> {
     let mut table = txn.open_table(table)?;
     for (key, value) in records {

@@ -43,9 +43,18 @@ use crate::state::{self, CommandResponse, State};
 
 /// Read handle of the applied state, cheap to clone. std `RwLock`: nothing
 /// awaits while holding it.
+///
+/// Readers never take the state machine's lock: after every applied batch
+/// (and installed snapshot) the state machine publishes a snapshot of the
+/// state, an O(1) clone that shares every record (`State::frozen`), and
+/// [`StateReader::read`] works on the latest one. An apply never waits for
+/// a reader, and a reader never waits for an apply.
 #[derive(Clone)]
 pub struct StateReader {
     applied: Arc<RwLock<Applied>>,
+    /// The state as of the last applied batch. A std `Mutex` held only to
+    /// clone or replace the `Arc`.
+    published: Arc<Mutex<Arc<State>>>,
     /// Last applied log index (0 before anything is applied).
     changed: Arc<watch::Sender<u64>>,
     /// Per watched node, its `alloc_revision` (`u64::MAX`: not registered),
@@ -91,11 +100,22 @@ impl StateReader {
         &self.snapshots
     }
 
-    /// Runs `f` on the current state. Keep `f` short and do not call back
-    /// into the reader from it: the state machine waits for it before it
-    /// applies the next batch.
+    /// Runs `f` on the state as of the last applied batch. It holds no
+    /// lock: batches applied meanwhile are not seen, and not held up.
     pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
-        f(&self.lock_read().state)
+        f(&self.snapshot())
+    }
+
+    /// The state as of the last applied batch, to keep (an O(1) handle;
+    /// what it shares with the live state is copied only when that changes).
+    pub fn snapshot(&self) -> Arc<State> {
+        Arc::clone(&self.published.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Makes `state` the one readers see.
+    fn publish(&self, state: &State) {
+        let frozen = Arc::new(state.frozen());
+        *self.published.lock().unwrap_or_else(PoisonError::into_inner) = frozen;
     }
 
     /// Index of the last applied log entry, `None` before the first.
@@ -121,8 +141,7 @@ impl StateReader {
 
     /// A receiver of `node`'s `alloc_revision`, updated when it changes.
     pub fn watch_node(&self, node: &str) -> watch::Receiver<u64> {
-        // Read first, lock the watches after: `notify` takes them in the
-        // other order, under a read lock a queued writer could block.
+        // Read first, lock the watches after, as `notify` does.
         let revision = self.read(|s| s.nodes.get(node).map_or(u64::MAX, |n| n.alloc_revision));
         let mut watches = self.node_watches.lock().unwrap_or_else(PoisonError::into_inner);
         watches.entry(node.to_string()).or_insert_with(|| watch::channel(revision).0).subscribe()
@@ -134,9 +153,9 @@ impl StateReader {
     /// cost on Raft's thread); `None` (a snapshot installed): every node.
     fn notify(&self, last_applied: Option<LogId<NodeId>>, touched: Option<&BTreeSet<String>>) {
         self.changed.send_replace(last_applied.map_or(0, |l| l.index));
-        let applied = self.lock_read();
+        let state = self.snapshot();
         let mut watches = self.node_watches.lock().unwrap_or_else(PoisonError::into_inner);
-        let revision_of = |node: &str| applied.state.nodes.get(node).map_or(u64::MAX, |n| n.alloc_revision);
+        let revision_of = |node: &str| state.nodes.get(node).map_or(u64::MAX, |n| n.alloc_revision);
         let send = |tx: &watch::Sender<u64>, revision: u64| {
             tx.send_if_modified(|current| std::mem::replace(current, revision) != revision);
         };
@@ -234,8 +253,10 @@ impl StateMachineStore {
             stored
         };
         let (changed, _) = watch::channel(applied.last_applied.map_or(0, |l| l.index));
+        let published = Arc::new(Mutex::new(Arc::new(applied.state.frozen())));
         let reader = StateReader {
             applied: Arc::new(RwLock::new(applied)),
+            published,
             changed: Arc::new(changed),
             node_watches: Arc::default(),
             notified_batches: Arc::default(),
@@ -323,6 +344,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mark = applied.state.nodes.change_mark();
             let responses: Vec<_> = entries.into_iter().map(|entry| applied.apply(entry)).collect();
             let touched: BTreeSet<String> = applied.state.nodes.changed_since(mark).iter().cloned().collect();
+            self.reader.publish(&applied.state);
             (responses, applied.last_applied, touched)
         };
         if responses.is_empty() {
@@ -390,7 +412,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     table.insert(SNAPSHOT_DATA_KEY, bytes.as_slice())?;
                 }
                 txn.commit()?;
-                *reader.lock_write() = incoming;
+                {
+                    let mut applied = reader.lock_write();
+                    *applied = incoming;
+                    reader.publish(&applied.state);
+                }
                 let mut c = checkpoint.lock().unwrap_or_else(PoisonError::into_inner);
                 c.unsaved = 0;
                 c.last = Instant::now();
@@ -598,6 +624,32 @@ mod tests {
         let on_disk = machine_tables::load(&txn).unwrap().unwrap();
         assert_eq!(on_disk.state, reader.read(State::clone));
         assert_eq!(on_disk.last_applied, Some(log_id(4)));
+    }
+
+    /// Readers work from the snapshot of the last applied batch: one kept
+    /// does not change under later batches, a new one sees them, and a read
+    /// does not wait for the state machine's lock (held here, as an apply
+    /// holds it, while the read runs on another thread).
+    #[tokio::test]
+    async fn readers_see_the_last_batch_without_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(&dir.path().join("raft.redb"));
+        sm.apply([register(1, "n1")]).await.unwrap();
+        let reader = sm.reader();
+        let kept = reader.snapshot();
+        sm.apply([membership(2), register(3, "n2")]).await.unwrap();
+        assert_eq!(kept.nodes.keys().collect::<Vec<_>>(), ["n1"], "a kept snapshot does not change");
+        assert_eq!(reader.read(|s| s.nodes.len()), 2, "a new one sees the batch");
+        assert!(!reader.snapshot().nodes.has_changes(), "a snapshot carries no pending writes");
+
+        let held = reader.lock_write();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = reader.clone();
+        std::thread::spawn(move || tx.send(other.read(|s| s.nodes.len())));
+        // A generous bound: this checks that the read returns at all, not how fast.
+        let read = rx.recv_timeout(Duration::from_secs(60));
+        drop(held);
+        assert_eq!(read, Ok(2), "a read waited for the state machine's write lock");
     }
 
     /// An applied batch wakes the allocation streams of the nodes it

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::plan::{all_settled, cluster_telemetry, plan, Round};
 use crate::service::Service;
-use crate::state::{Command, CommandResponse, State};
+use crate::state::{Command, CommandResponse};
 
 /// Pending workloads are retried at least this often.
 const RETRY: Duration = Duration::from_secs(1);
@@ -47,10 +47,8 @@ pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
                 telemetry.samples.iter().map(|(n, s)| (n.clone(), s.gpus.clone())).collect()
             };
             let samples = cluster_telemetry(copied.iter().map(|(n, g)| (n.as_str(), g.as_slice())));
-            // A copy, so that the round (100 ms at 3,000 nodes) holds no
-            // lock: under the read lock, an apply waiting for the write
-            // lock held up every other reader behind it, heartbeats too.
-            let state = svc.state.read(State::clone);
+            // The snapshot of the last applied batch: the round holds no lock.
+            let state = svc.state.snapshot();
             plan(&state, &samples, &cfg, round)
         })
         .await;

@@ -140,7 +140,8 @@ fn remember_key(state: &mut State, key: &str, response: &CommandResponse, finger
     state.write_keys.insert(key.to_string(), KeyedWrite { seq, response: response.clone(), fingerprint });
     state.write_key_order.insert(seq, key.to_string());
     while state.write_keys.len() > MAX_WRITE_KEYS {
-        let Some((_, oldest)) = state.write_key_order.pop_first() else { break };
+        let Some((seq, _)) = state.write_key_order.get_min().cloned() else { break };
+        let Some(oldest) = state.write_key_order.remove(&seq) else { break };
         state.write_keys.remove(&oldest);
     }
 }

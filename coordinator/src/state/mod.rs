@@ -53,7 +53,7 @@ pub struct State {
     /// The same keys by the order they were applied in (for forgetting the
     /// oldest); derived from `write_keys`' `seq`, so never stored on its own.
     #[serde(default)]
-    pub write_key_order: BTreeMap<u64, String>,
+    pub write_key_order: imbl::OrdMap<u64, String>,
     /// Sequence of the next keyed write.
     #[serde(default)]
     pub next_write_key: u64,
@@ -108,6 +108,21 @@ impl State {
     /// Allocations placed on `node` (an index, not a scan).
     pub fn allocs_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Allocation> + 'a {
         self.allocs.on_node(node)
+    }
+
+    /// The state as it is now, sharing every record with it (O(1)), and
+    /// without the changes noted for the state machine: a reader's snapshot.
+    pub fn frozen(&self) -> State {
+        State {
+            nodes: self.nodes.frozen(),
+            workloads: self.workloads.frozen(),
+            allocs: self.allocs.frozen(),
+            next_alloc: self.next_alloc,
+            revision: self.revision,
+            write_keys: self.write_keys.frozen(),
+            write_key_order: self.write_key_order.clone(),
+            next_write_key: self.next_write_key,
+        }
     }
 
     /// The records changed since the last call.

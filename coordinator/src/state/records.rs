@@ -7,42 +7,51 @@
 //!   state machine: take_changed() ─► write those keys' values ┘ (or delete them)
 //! ```
 //!
-//! Reads go through `Deref` to the plain `BTreeMap`; every way to change a
-//! record goes through a method here, which notes its key. The encoding is
-//! the plain map's, so snapshots and golden bytes are as before.
+//! Reads go through `Deref` to the map; every way to change a record goes
+//! through a method here, which notes its key. The encoding is a plain
+//! map's (as `BTreeMap` wrote it), so snapshots and golden bytes are as
+//! before.
+//!
+//! The maps are persistent (`imbl::OrdMap`): a clone shares every record
+//! and costs O(1), and a change copies only the path to the changed key.
+//! That is what lets the state machine hand readers a snapshot after every
+//! applied batch ([`Records::frozen`]), and the planner find what changed
+//! between two snapshots without a pass over every record
+//! (`OrdMap::diff` skips what the two share).
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Deref;
 
 use gantry_common::workload::Allocation;
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Keys noted as changed, in the order they changed (with repeats), so a
 /// command that changed nothing can drop what it noted in O(1).
 #[derive(Clone)]
 pub struct Records<K, V> {
-    map: BTreeMap<K, V>,
+    map: OrdMap<K, V>,
     changed: Vec<K>,
 }
 
 impl<K, V> Default for Records<K, V> {
     fn default() -> Self {
-        Records { map: BTreeMap::new(), changed: Vec::new() }
+        Records { map: OrdMap::new(), changed: Vec::new() }
     }
 }
 
 impl<K, V> Deref for Records<K, V> {
-    type Target = BTreeMap<K, V>;
-    fn deref(&self) -> &BTreeMap<K, V> {
+    type Target = OrdMap<K, V>;
+    fn deref(&self) -> &OrdMap<K, V> {
         &self.map
     }
 }
 
 /// The records, as a map: what changed since the last write is not state.
-impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for Records<K, V> {
+impl<K: std::fmt::Debug + Ord, V: std::fmt::Debug> std::fmt::Debug for Records<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.map.fmt(f)
+        f.debug_map().entries(self.map.iter()).finish()
     }
 }
 
@@ -53,13 +62,19 @@ impl std::fmt::Debug for AllocTable {
 }
 
 /// Equal when the records are; what changed since the last write is not state.
-impl<K: PartialEq, V: PartialEq> PartialEq for Records<K, V> {
+impl<K: Ord + PartialEq, V: PartialEq> PartialEq for Records<K, V> {
     fn eq(&self, other: &Self) -> bool {
         self.map == other.map
     }
 }
 
-impl<K: Ord + Clone, V> Records<K, V> {
+impl<K: Ord + Clone, V: Clone> Records<K, V> {
+    /// The records as they are now, sharing them (O(1)), without the
+    /// changes noted for the state machine: what a reader's snapshot holds.
+    pub fn frozen(&self) -> Self {
+        Records { map: self.map.clone(), changed: Vec::new() }
+    }
+
     /// The record, to change it; its key is noted.
     pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
     where
@@ -81,21 +96,18 @@ impl<K: Ord + Clone, V> Records<K, V> {
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        let (k, v) = self.map.remove_entry(key)?;
+        let (k, v) = self.map.remove_with_key(key)?;
         self.changed.push(k);
         Some(v)
     }
 
     /// Keeps the records `keep` says yes to; the others' keys are noted.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
-        let changed = &mut self.changed;
-        self.map.retain(|k, v| {
-            let kept = keep(k, v);
-            if !kept {
-                changed.push(k.clone());
-            }
-            kept
-        });
+        let gone: Vec<K> = self.map.iter().filter(|(k, v)| !keep(k, v)).map(|(k, _)| k.clone()).collect();
+        for k in gone {
+            self.map.remove(&k);
+            self.changed.push(k);
+        }
     }
 
     /// How many changes are noted (a mark for [`Records::forget_changes_since`]).
@@ -126,29 +138,33 @@ impl<K: Ord + Clone, V> Records<K, V> {
     }
 }
 
-impl<'a, K, V> IntoIterator for &'a Records<K, V> {
+impl<'a, K: Ord, V> IntoIterator for &'a Records<K, V> {
     type Item = (&'a K, &'a V);
-    type IntoIter = std::collections::btree_map::Iter<'a, K, V>;
+    type IntoIter = imbl::ordmap::Iter<'a, K, V, imbl::shared_ptr::DefaultSharedPtr>;
     fn into_iter(self) -> Self::IntoIter {
         self.map.iter()
     }
 }
 
-impl<K: Ord, V> FromIterator<(K, V)> for Records<K, V> {
+impl<K: Ord + Clone, V: Clone> FromIterator<(K, V)> for Records<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Records { map: iter.into_iter().collect(), changed: Vec::new() }
     }
 }
 
-impl<K: Serialize, V: Serialize> Serialize for Records<K, V> {
+/// As a map of the entries in key order, as `BTreeMap` writes it.
+impl<K: Serialize + Ord, V: Serialize> Serialize for Records<K, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.map.serialize(serializer)
+        serializer.collect_map(self.map.iter())
     }
 }
 
-impl<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>> Deserialize<'de> for Records<K, V> {
+impl<'de, K: Deserialize<'de> + Ord + Clone, V: Deserialize<'de> + Clone> Deserialize<'de> for Records<K, V> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Records { map: BTreeMap::deserialize(deserializer)?, changed: Vec::new() })
+        Ok(Records {
+            map: BTreeMap::<K, V>::deserialize(deserializer)?.into_iter().collect(),
+            changed: Vec::new(),
+        })
     }
 }
 
@@ -158,7 +174,7 @@ impl<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>> Deserialize<'de> for R
 #[derive(Clone, Default)]
 pub struct AllocTable {
     records: Records<String, Allocation>,
-    by_node: BTreeMap<String, BTreeSet<String>>,
+    by_node: OrdMap<String, OrdSet<String>>,
 }
 
 impl Deref for AllocTable {
@@ -175,6 +191,11 @@ impl PartialEq for AllocTable {
 }
 
 impl AllocTable {
+    /// The table as it is now, sharing its records (see [`Records::frozen`]).
+    pub fn frozen(&self) -> Self {
+        AllocTable { records: self.records.frozen(), by_node: self.by_node.clone() }
+    }
+
     /// Allocations placed on `node`, by id.
     pub fn on_node<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Allocation> + 'a {
         self.by_node.get(node).into_iter().flat_map(|ids| ids.iter()).filter_map(|id| self.records.get(id))
@@ -202,19 +223,11 @@ impl AllocTable {
     }
 
     pub fn retain(&mut self, mut keep: impl FnMut(&Allocation) -> bool) {
-        let by_node = &mut self.by_node;
-        self.records.retain(|id, a| {
-            let kept = keep(a);
-            if !kept {
-                if let Some(ids) = by_node.get_mut(&a.node) {
-                    ids.remove(id);
-                    if ids.is_empty() {
-                        by_node.remove(&a.node);
-                    }
-                }
-            }
-            kept
-        });
+        let gone: Vec<String> =
+            self.records.iter().filter(|(_, a)| !keep(a)).map(|(id, _)| id.clone()).collect();
+        for id in gone {
+            self.remove(&id);
+        }
     }
 
     pub fn forget_changes_since(&mut self, mark: usize) {
