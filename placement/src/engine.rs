@@ -63,6 +63,8 @@ pub enum EngineError {
     ShareMismatch,
     #[error("placement refers to node {node} / GPU {gpu}, which does not exist")]
     NoSuchGpu { node: usize, gpu: usize },
+    #[error("node {0} does not exist (the engine holds fewer nodes)")]
+    NoSuchNode(usize),
     #[error("placement no longer fits: {0}")]
     Stale(String),
 }
@@ -236,11 +238,129 @@ impl Engine {
         node.mem_used += req.memory_mib;
         if !node.workloads.contains(&req.workload) {
             node.workloads.insert(req.workload.clone());
+            node.commits.insert(req.workload.clone(), 1);
+        } else if let Some(n) = node.commits.get_mut(&req.workload) {
+            *n += 1;
         }
+        self.refresh(i);
+        Ok(())
+    }
+
+    /// Gives back what a committed placement holds: its GPU shares, CPU and
+    /// memory (the inverse of [`Engine::commit`], for a replica that
+    /// stopped). A placement the node does not hold is refused and changes
+    /// nothing. The workload leaves the node's list with its last replica
+    /// committed here; one the snapshot listed stays listed (a snapshot does
+    /// not say how many replicas it holds) until [`Engine::set_node`].
+    pub fn release(&mut self, req: &PlacementRequest, placement: &Placement) -> Result<(), EngineError> {
+        let i = placement.node;
+        let node = self.nodes.get(i).ok_or(EngineError::NoSuchNode(i))?;
+        if node.cpu_used < req.cpu_milli || node.mem_used < req.memory_mib {
+            return Err(EngineError::Stale(format!(
+                "node {:?} holds less CPU or memory than the placement",
+                node.name
+            )));
+        }
+        // Release from copies of the touched GPUs first, so a failure changes nothing.
+        let mut touched: Vec<(usize, crate::state::Gpu)> = Vec::with_capacity(placement.gpus.len());
+        for a in &placement.gpus {
+            let g = touched.iter().find(|(k, _)| *k == a.gpu).map(|(_, g)| g.clone());
+            let mut g = g
+                .or_else(|| node.gpus.get(a.gpu).cloned())
+                .ok_or(EngineError::NoSuchGpu { node: i, gpu: a.gpu })?;
+            g.release(&a.share)?;
+            touched.retain(|(k, _)| *k != a.gpu);
+            touched.push((a.gpu, g));
+        }
+        let node = &mut self.nodes[i];
+        for (k, g) in touched {
+            node.gpus[k] = g;
+        }
+        node.cpu_used -= req.cpu_milli;
+        node.mem_used -= req.memory_mib;
+        if let Some(n) = node.commits.get_mut(&req.workload) {
+            *n -= 1;
+            if *n == 0 {
+                node.commits.remove(&req.workload);
+                node.workloads.remove(&req.workload);
+            }
+        }
+        self.refresh(i);
+        Ok(())
+    }
+
+    /// Takes node `i` as `snapshot` has it now (what it holds, its labels,
+    /// whether it is schedulable, its telemetry), in O(the node), so an
+    /// engine kept across rounds follows the cluster by the nodes that
+    /// changed instead of being built again. A node the engine cannot take
+    /// is left out as [`Engine::build`] would; its exclusion is returned.
+    pub fn set_node(
+        &mut self,
+        i: usize,
+        snapshot: &NodeSnapshot,
+    ) -> Result<Option<NodeExclusion>, EngineError> {
+        if i >= self.nodes.len() {
+            return Err(EngineError::NoSuchNode(i));
+        }
+        Ok(self.take_node(i, snapshot))
+    }
+
+    /// Adds a node after the last one; returns its index and, when the
+    /// engine cannot take it, its exclusion (it keeps the index).
+    pub fn push_node(&mut self, snapshot: &NodeSnapshot) -> (usize, Option<NodeExclusion>) {
+        let i = self.nodes.len();
+        (i, self.take_node(i, snapshot))
+    }
+
+    /// How many nodes the engine holds, excluded ones included.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn take_node(&mut self, i: usize, snapshot: &NodeSnapshot) -> Option<NodeExclusion> {
+        let known_models = self.models.names.len();
+        let (node, fault) = state::build_one(snapshot, &mut self.models);
+        if i == self.nodes.len() {
+            self.nodes.push(node);
+            self.versions.push(0);
+            // Its entries are sized by the node count.
+            self.cache = ScoreCache::default();
+        } else {
+            self.nodes[i] = node;
+        }
+        if let Some(at) = self.exclusions.iter().position(|x| x.node == i) {
+            self.exclusions.remove(at);
+            self.excluded_snapshots.remove(at);
+        }
+        let exclusion =
+            fault.map(|f| NodeExclusion { node: i, name: snapshot.name.clone(), reason: f.reason });
+        if let Some(x) = &exclusion {
+            let at = self.exclusions.partition_point(|e| e.node < i);
+            self.exclusions.insert(at, x.clone());
+            self.excluded_snapshots.insert(at, snapshot.clone());
+        }
+        if self.models.names.len() == known_models {
+            self.index.push(i, &self.nodes[i]);
+            self.frag.set_node(i, &self.nodes[i]);
+            self.versions[i] = self.versions[i].wrapping_add(1).max(1);
+        } else {
+            // A GPU model the engine had not seen: the index and the
+            // fragmentation shapes are laid out per model, so they are built again.
+            self.index = Index::new(&self.nodes, self.models.names.len());
+            self.frag = FragCache::new(&self.config.target, &self.models, &self.nodes);
+            self.cache = ScoreCache::default();
+            for v in &mut self.versions {
+                *v = v.wrapping_add(1).max(1);
+            }
+        }
+        exclusion
+    }
+
+    /// Re-files node `i` after it changed.
+    fn refresh(&mut self, i: usize) {
         self.index.update(i, &self.nodes[i]);
         self.frag.refresh(i, &self.nodes[i]);
         self.versions[i] = self.versions[i].wrapping_add(1).max(1);
-        Ok(())
     }
 
     /// `place` then `commit`. An engine that scores every node

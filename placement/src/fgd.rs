@@ -145,20 +145,7 @@ impl FragCache {
             })
             .collect::<Vec<_>>();
         let n = shapes.len();
-        let cpu_per_milli = nodes
-            .iter()
-            .map(|node| {
-                let runs = |s: &&CompiledShape| s.count == 0 || s.mask.intersects(&node.models);
-                let cpu: f64 = shapes.iter().filter(runs).map(|s| s.weight * s.cpu as f64).sum();
-                let gpu: f64 =
-                    shapes.iter().filter(runs).map(|s| s.weight * f64::from(s.count * s.milli)).sum();
-                if gpu > 0.0 {
-                    cpu / gpu
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let cpu_per_milli = nodes.iter().map(|node| cpu_per_milli(&shapes, node)).collect();
         let mut cache = Self {
             cpu_per_milli,
             model_cap: Vec::new(),
@@ -238,6 +225,22 @@ impl FragCache {
                 self.pressure[m] * f64::from(c.before - c.after) * (1.0 - own).max(0.0)
             })
             .sum()
+    }
+
+    /// Takes node `i` as it is now, its models too; a node at the next
+    /// index is appended. The model weights stay those of the build, as
+    /// after a commit.
+    pub fn set_node(&mut self, i: usize, node: &Node) {
+        let n = self.shapes.len();
+        if self.total.len() <= i {
+            self.total.resize(i + 1, 0);
+            self.cpu_per_milli.resize(i + 1, 0.0);
+            for v in [&mut self.cnt, &mut self.lt, &mut self.slots] {
+                v.resize((i + 1) * n, 0);
+            }
+        }
+        self.cpu_per_milli[i] = cpu_per_milli(&self.shapes, node);
+        self.refresh(i, node);
     }
 
     /// Recomputes the aggregates of node `i`.
@@ -379,6 +382,19 @@ fn frag(s: &CompiledShape, total: u32, cnt: u32, lt: u32, cpu_free: u64) -> u32 
         total
     } else {
         lt
+    }
+}
+
+/// Expected host CPU (millicores) per thousandth of a GPU of the target
+/// shapes that can run on `node`'s models.
+fn cpu_per_milli(shapes: &[CompiledShape], node: &Node) -> f64 {
+    let runs = |s: &&CompiledShape| s.count == 0 || s.mask.intersects(&node.models);
+    let cpu: f64 = shapes.iter().filter(runs).map(|s| s.weight * s.cpu as f64).sum();
+    let gpu: f64 = shapes.iter().filter(runs).map(|s| s.weight * f64::from(s.count * s.milli)).sum();
+    if gpu > 0.0 {
+        cpu / gpu
+    } else {
+        0.0
     }
 }
 

@@ -53,6 +53,14 @@ impl Index {
         index
     }
 
+    /// Files a node appended at index `i` (the next one).
+    pub fn push(&mut self, i: usize, node: &Node) {
+        if self.member.len() <= i {
+            self.member.resize(i + 1, Vec::new());
+        }
+        self.update(i, node);
+    }
+
     /// Re-files node `i` after it changed.
     pub fn update(&mut self, i: usize, node: &Node) {
         self.remove(i);

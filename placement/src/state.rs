@@ -126,6 +126,10 @@ pub(crate) struct Node {
     pub mem_cap: u64,
     pub mem_used: u64,
     pub workloads: BTreeSet<String>,
+    /// Replicas committed here through the engine, by workload. A workload
+    /// the snapshot listed is not counted: it stays listed until the node
+    /// is set again, since the snapshot does not say how many it holds.
+    pub commits: BTreeMap<String, u32>,
     pub gpus: Vec<Gpu>,
     /// The models present.
     pub models: ModelSet,
@@ -232,6 +236,47 @@ impl Gpu {
         Ok(())
     }
 
+    /// Gives back one share [`Gpu::apply`] took; refused (and nothing
+    /// changed) when the GPU does not hold such a share.
+    pub fn release(&mut self, share: &GpuShare) -> Result<(), EngineError> {
+        let mem_total = self.mem;
+        let not_held = || EngineError::Stale(format!("the GPU does not hold {share:?}"));
+        match (&mut self.usage, share) {
+            (Usage::Exclusive { busy }, GpuShare::Whole) if *busy => *busy = false,
+            (Usage::Shared { tenants, milli, mem }, GpuShare::Milli { milli: m })
+                if *tenants > 0 && *milli >= *m =>
+            {
+                *tenants -= 1;
+                *milli -= m;
+                // A whole GPU taken as 1000 milli reserved all of its memory.
+                let reserved = if *m == 1000 { mem_total } else { milli_memory(*m, mem_total) };
+                *mem = if *tenants == 0 { 0 } else { mem.saturating_sub(reserved) };
+            }
+            (Usage::Shared { tenants, mem, .. }, GpuShare::Shared { memory_mib }) if *tenants > 0 => {
+                *tenants -= 1;
+                *mem = mem.saturating_sub(*memory_mib);
+            }
+            (Usage::Mps { clients, pct, mem }, GpuShare::Mps { compute_pct, memory_mib })
+                if *clients > 0 && *pct >= u32::from(*compute_pct) =>
+            {
+                *clients -= 1;
+                *pct -= u32::from(*compute_pct);
+                *mem = mem.saturating_sub(*memory_mib);
+            }
+            (Usage::Mig { layout, instances }, GpuShare::Mig { profile, start }) => {
+                let table = self.mig_table.ok_or(EngineError::ShareMismatch)?;
+                let at = instances
+                    .iter()
+                    .position(|i| i.profile == *profile && i.start == *start)
+                    .ok_or_else(not_held)?;
+                layout.remove(table.profile(profile)?, *start)?;
+                instances.remove(at);
+            }
+            _ => return Err(not_held()),
+        }
+        Ok(())
+    }
+
     /// Whether usage is within capacity (the invariant the engine keeps).
     pub fn within_capacity(&self) -> bool {
         match &self.usage {
@@ -285,27 +330,38 @@ pub(crate) fn build_lenient(snapshot: &ClusterSnapshot) -> (Vec<Node>, Models, V
     let mut nodes = Vec::with_capacity(snapshot.nodes.len());
     let mut faults = Vec::new();
     for (i, n) in snapshot.nodes.iter().enumerate() {
-        match build_node(n, &mut models) {
-            Ok(node) => nodes.push(node),
-            Err(fault) => {
-                nodes.push(Node {
-                    name: n.name.clone(),
-                    labels: n.labels.clone(),
-                    schedulable: false,
-                    cpu_cap: n.cpu_milli,
-                    cpu_used: n.cpu_used_milli,
-                    mem_cap: n.memory_mib,
-                    mem_used: n.memory_used_mib,
-                    workloads: n.workloads.clone(),
-                    gpus: Vec::new(),
-                    models: ModelSet::EMPTY,
-                    excluded: Some(fault.reason.clone()),
-                });
-                faults.push((i, fault));
-            }
+        let (node, fault) = build_one(n, &mut models);
+        nodes.push(node);
+        if let Some(fault) = fault {
+            faults.push((i, fault));
         }
     }
     (nodes, models, faults)
+}
+
+/// One node as [`build_lenient`] takes it: the node, or an excluded,
+/// GPU-less, unschedulable placeholder with its fault.
+pub(crate) fn build_one(n: &NodeSnapshot, models: &mut Models) -> (Node, Option<NodeFault>) {
+    match build_node(n, models) {
+        Ok(node) => (node, None),
+        Err(fault) => {
+            let node = Node {
+                name: n.name.clone(),
+                labels: n.labels.clone(),
+                schedulable: false,
+                cpu_cap: n.cpu_milli,
+                cpu_used: n.cpu_used_milli,
+                mem_cap: n.memory_mib,
+                mem_used: n.memory_used_mib,
+                workloads: n.workloads.clone(),
+                commits: BTreeMap::new(),
+                gpus: Vec::new(),
+                models: ModelSet::EMPTY,
+                excluded: Some(fault.reason.clone()),
+            };
+            (node, Some(fault))
+        }
+    }
 }
 
 /// One node: every GPU must check out, and its models must fit the model
@@ -353,6 +409,7 @@ fn build_node(n: &NodeSnapshot, models: &mut Models) -> Result<Node, NodeFault> 
         mem_cap: n.memory_mib,
         mem_used: n.memory_used_mib,
         workloads: n.workloads.clone(),
+        commits: BTreeMap::new(),
         gpus,
         models: mask,
         excluded: None,

@@ -248,6 +248,44 @@ fn commit_rejects_a_stale_plan() {
 }
 
 #[test]
+fn release_gives_back_once_and_a_spread_workload_returns() {
+    let snap = ClusterSnapshot { nodes: vec![node("n", vec![GpuSnapshot::exclusive("T4", 15_360)])] };
+    let mut e = Engine::new(&snap, EngineConfig::default()).unwrap();
+    let mut r = req(GpuRequest::Exclusive { count: 1, linked: false });
+    r.constraints.spread_replicas = true;
+    let p = e.place_and_commit(&r, 0).unwrap();
+    refused(e.place(&r, 1));
+    e.release(&r, &p).unwrap();
+    assert_eq!(e.snapshot(), snap, "the GPU, CPU, memory and the workload's place are back");
+    // The second release would give back a GPU nobody holds.
+    let before = e.snapshot();
+    assert!(e.release(&r, &p).is_err());
+    assert_eq!(e.snapshot(), before, "a refused release changes nothing");
+    // And the spread replica can come back to this node.
+    assert_eq!(e.place(&r, 2).unwrap().node, 0);
+}
+
+#[test]
+fn set_node_takes_a_changed_node_and_push_node_a_new_one() {
+    let t4 = || GpuSnapshot::exclusive("T4", 15_360);
+    let snap = ClusterSnapshot { nodes: vec![node("a", vec![t4()])] };
+    let mut e = Engine::new(&snap, EngineConfig::default()).unwrap();
+    let r = req(GpuRequest::Exclusive { count: 1, linked: false });
+    e.place_and_commit(&r, 0).unwrap();
+    refused(e.place(&r, 0));
+    // The node reports its GPU free again (the replica stopped).
+    e.set_node(0, &node("a", vec![t4()])).unwrap();
+    assert_eq!(e.place(&r, 0).unwrap().node_name, "a");
+    // A new node with a model the engine has not seen.
+    let mut down = node("a", vec![t4()]);
+    down.schedulable = false;
+    e.set_node(0, &down).unwrap();
+    assert_eq!(e.push_node(&node("b", vec![h100(None)])).0, 1);
+    assert_eq!(e.place(&r, 0).unwrap().node_name, "b");
+    assert!(matches!(e.set_node(5, &down), Err(gantry_placement::EngineError::NoSuchNode(5))));
+}
+
+#[test]
 fn fgd_pack_keeps_constrained_models_for_the_tasks_that_need_them() {
     use gantry_placement::{Shape, TargetWorkload};
     let gpus = |m: &str| (0..2).map(|_| GpuSnapshot::shared(m, 16_000)).collect();

@@ -195,6 +195,63 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Releasing every committed placement, last first, gives back exactly
+    /// the cluster the engine was built from.
+    #[test]
+    fn release_undoes_commit(
+        snap in cluster(),
+        reqs in prop::collection::vec(request(), 1..20),
+        policy in policy(),
+        seed in any::<u64>(),
+    ) {
+        let config = EngineConfig { default_policy: policy, ..EngineConfig::default() };
+        let mut engine = Engine::new(&snap, config).unwrap();
+        let mut placed = Vec::new();
+        for (k, req) in reqs.iter().enumerate() {
+            if let Ok(p) = engine.place_and_commit(req, seed.wrapping_add(k as u64)) {
+                placed.push((req, p));
+            }
+        }
+        for (req, p) in placed.iter().rev() {
+            engine.release(req, p).unwrap();
+            check_capacity(&engine.snapshot())?;
+        }
+        prop_assert_eq!(engine.snapshot(), snap);
+    }
+
+    /// An engine that follows a changed cluster node by node (`set_node`,
+    /// `push_node`) holds what an engine built afresh from it holds, leaves
+    /// out the same nodes, and places the same way.
+    #[test]
+    fn set_node_follows_the_cluster_like_a_fresh_build(
+        before in cluster(),
+        after in cluster(),
+        req in request(),
+        policy in policy(),
+        seed in any::<u64>(),
+    ) {
+        let mut after = after;
+        // A follower of `before` keeps its indices: nodes beyond `after`'s stay as they were.
+        after.nodes.extend(before.nodes.iter().skip(after.nodes.len()).cloned());
+        let config = EngineConfig { default_policy: policy, candidate_limit: None, ..EngineConfig::default() };
+        let (mut engine, _) = Engine::build(&before, config.clone());
+        for (i, n) in after.nodes.iter().enumerate() {
+            if i < engine.node_count() {
+                engine.set_node(i, n).unwrap();
+            } else {
+                prop_assert_eq!(engine.push_node(n).0, i);
+            }
+        }
+        let (fresh, excluded) = Engine::build(&after, config);
+        prop_assert_eq!(engine.snapshot(), fresh.snapshot());
+        prop_assert_eq!(engine.exclusions(), excluded.as_slice());
+        prop_assert_eq!(engine.place(&req, seed), fresh.place(&req, seed));
+    }
+}
+
 /// Whether `req` fits some node, checked GPU by GPU without the engine's code.
 fn brute_force_fits(snap: &ClusterSnapshot, req: &PlacementRequest) -> bool {
     snap.nodes.iter().any(|n| node_ok(n, req) && gpus_ok(n, req))
