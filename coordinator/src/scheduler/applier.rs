@@ -11,7 +11,8 @@ use gantry_common::model::GpuTelemetry;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::plan::{all_settled, cluster_telemetry, plan, Round};
+use super::live_engine::{Followed, LiveEngine};
+use super::plan::{all_settled, cluster_telemetry, plan_on, Round};
 use crate::service::Service;
 use crate::state::{Command, CommandResponse};
 
@@ -22,6 +23,8 @@ pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
     let mut changes = service.state.subscribe();
     let config = gantry_placement::EngineConfig::default();
     let mut round: u64 = 0;
+    // The engine, kept across rounds while this coordinator leads.
+    let mut live: Option<LiveEngine> = None;
     loop {
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },
@@ -30,6 +33,7 @@ pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
         }
         changes.borrow_and_update();
         if !service.is_leader() {
+            live = None;
             continue;
         }
         round += 1;
@@ -37,23 +41,44 @@ pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
         // On the blocking pool: a round over thousands of nodes must not hold
         // up an async worker. The telemetry is copied out first (only when
         // there is something to plan), so heartbeats never wait for a round.
-        let (svc, cfg) = (service.clone(), config.clone());
+        let (svc, cfg, kept) = (service.clone(), config.clone(), live.take());
         let planned = tokio::task::spawn_blocking(move || {
-            if svc.state.read(all_settled) {
-                return Round::default();
+            // The snapshot of the last applied batch: the round holds no lock.
+            let state = svc.state.snapshot();
+            if all_settled(&state) {
+                return (Round::default(), kept, None);
             }
             let copied: Vec<(String, Vec<GpuTelemetry>)> = {
                 let telemetry = svc.telemetry.lock();
                 telemetry.samples.iter().map(|(n, s)| (n.clone(), s.gpus.clone())).collect()
             };
             let samples = cluster_telemetry(copied.iter().map(|(n, g)| (n.as_str(), g.as_slice())));
-            // The snapshot of the last applied batch: the round holds no lock.
-            let state = svc.state.snapshot();
-            plan(&state, &samples, &cfg, round)
+            let follow_started = Instant::now();
+            let (mut engine, followed) = match kept {
+                Some(mut engine) => {
+                    let followed = engine.follow(state, &samples);
+                    (engine, followed)
+                }
+                None => (LiveEngine::build(state, &samples, &cfg), Followed { set: 0, rebuilt: true }),
+            };
+            let follow_time = follow_started.elapsed();
+            let round = plan_on(&mut engine, round);
+            (round, Some(engine), Some((followed, follow_time)))
         })
         .await;
         let planned = match planned {
-            Ok(p) => p,
+            Ok((planned, engine, followed)) => {
+                live = engine;
+                if let Some((f, took)) = followed {
+                    debug!(
+                        nodes_set = f.set,
+                        rebuilt = f.rebuilt,
+                        follow_ms = took.as_secs_f64() * 1e3,
+                        "planner engine brought to the state"
+                    );
+                }
+                planned
+            }
             Err(e) => {
                 warn!("planning round {round} did not finish: {e}");
                 continue;

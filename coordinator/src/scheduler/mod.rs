@@ -9,6 +9,7 @@
 //!   time, so plans never race each other on the leader.
 
 pub mod applier;
+pub mod live_engine;
 pub mod plan;
 
 use std::collections::BTreeMap;

@@ -15,17 +15,20 @@
 //! - a slot whose replica the agent reports stopped although it was meant to
 //!   run (it cannot run there any more) is stopped and placed again.
 //!
-//! The engine is built once per round and every placement is committed into
-//! it, so one round never hands out the same capacity twice; the plan is
-//! re-checked again when it applies (`state::apply_workloads`).
+//! The engine lives across rounds ([`LiveEngine`]: brought to the state by
+//! the nodes that changed) and every placement is committed into it, so one
+//! round never hands out the same capacity twice; the plan is re-checked
+//! again when it applies (`state::apply_workloads`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use gantry_common::model::GpuTelemetry;
 use gantry_common::workload::{AllocGpu, Allocation, DesiredState};
-use gantry_placement::{ClusterSnapshot, Engine, EngineConfig, NodeExclusion, PlaceError, Placement};
+use gantry_placement::{Engine, EngineConfig, NodeExclusion, PlaceError, Placement};
 
-use crate::state::capacity::{node_snapshot, NodeTelemetry};
+use super::live_engine::LiveEngine;
+use crate::state::capacity::NodeTelemetry;
 use crate::state::{NewAlloc, Plan, State, WorkloadRecord};
 
 /// Most placements one plan carries (one Raft entry); the rest follow in the next round.
@@ -49,41 +52,30 @@ pub struct Round {
     pub excluded: Option<Vec<NodeExclusion>>,
 }
 
-/// Plans one round. `seed` breaks ties between equally good nodes. A node
-/// the engine cannot take (a MIG GPU of a model without geometry, more
-/// than it holds) is left out of the round with its reason; every other
-/// node keeps scheduling.
+/// Plans one round on an engine built for it (tests, and the first round
+/// of a leadership). See [`plan_on`].
 pub fn plan(state: &State, telemetry: &ClusterTelemetry<'_>, config: &EngineConfig, seed: u64) -> Round {
-    // Most state changes are agents' reports about settled workloads: no
-    // need to build an engine over every node for them.
     if all_settled(state) {
         return Round::default();
     }
-    let empty = NodeTelemetry::new();
-    let names: Vec<&String> = state.nodes.keys().collect();
-    // One pass over the allocations, not one per node.
-    let mut by_node: BTreeMap<&str, Vec<&Allocation>> = BTreeMap::new();
-    for a in state.allocs.values().filter(|a| a.holds_resources()) {
-        by_node.entry(a.node.as_str()).or_default().push(a);
-    }
-    let snapshot = ClusterSnapshot {
-        nodes: state
-            .nodes
-            .values()
-            .map(|n| {
-                let name = n.info.name.as_str();
-                let held = by_node.get(name).map(Vec::as_slice).unwrap_or(&[]);
-                node_snapshot(n, held.iter().copied(), telemetry.get(name).unwrap_or(&empty))
-            })
-            .collect(),
-    };
-    let (mut engine, excluded) = Engine::build(&snapshot, config.clone());
+    let mut live = LiveEngine::build(Arc::new(state.clone()), telemetry, config);
+    plan_on(&mut live, seed)
+}
+
+/// Plans one round on `live`, which the caller has brought to the state
+/// (its [`LiveEngine::base`]). `seed` breaks ties between equally good
+/// nodes. A node the engine cannot take (a MIG GPU of a model without
+/// geometry, more than it holds) is left out with its reason; every other
+/// node keeps scheduling. The nodes placed on are noted in `live`, so the
+/// next follow sets them from the state whether or not the plan commits.
+pub fn plan_on(live: &mut LiveEngine, seed: u64) -> Round {
+    let state = Arc::clone(live.base());
     let mut plan = Plan::default();
     for (name, w) in &state.workloads {
         if w.stopping {
             continue;
         }
-        let reason = plan_workload(state, &names, &mut engine, name, w, seed, &mut plan);
+        let reason = plan_workload(&state, live.engine_mut(), name, w, seed, &mut plan);
         if reason != w.pending_reason {
             plan.pending.push((name.clone(), reason));
         }
@@ -91,7 +83,10 @@ pub fn plan(state: &State, telemetry: &ClusterTelemetry<'_>, config: &EngineConf
             break;
         }
     }
-    Round { plan, excluded: Some(excluded) }
+    for new in &plan.place {
+        live.committed_to(&new.node);
+    }
+    Round { plan, excluded: Some(live.exclusions()) }
 }
 
 /// Whether no workload needs a decision: each has exactly its replicas,
@@ -123,7 +118,6 @@ pub fn all_settled(state: &State) -> bool {
 
 fn plan_workload(
     state: &State,
-    names: &[&String],
     engine: &mut Engine,
     name: &str,
     w: &WorkloadRecord,
@@ -158,7 +152,7 @@ fn plan_workload(
             // A finished replica holds nothing and runs nowhere: nothing to move.
             Some(a) if a.actual.is_finished() => {}
             Some(a) if state.nodes.get(&a.node).is_some_and(|n| n.drained) => {
-                match place(engine, names, state, &req, w, replica, seed) {
+                match place(engine, state, &req, w, replica, seed) {
                     Ok(new) => {
                         plan.place.push(new);
                         plan.stop.push((a.id.clone(), format!("node {} drained", a.node)));
@@ -172,7 +166,7 @@ fn plan_workload(
                 }
             }
             Some(_) => {}
-            None => match place(engine, names, state, &req, w, replica, seed) {
+            None => match place(engine, state, &req, w, replica, seed) {
                 Ok(new) => plan.place.push(new),
                 Err(e) => {
                     refusal.get_or_insert(e);
@@ -190,7 +184,6 @@ fn plan_workload(
 
 fn place(
     engine: &mut Engine,
-    names: &[&String],
     state: &State,
     req: &gantry_placement::PlacementRequest,
     w: &WorkloadRecord,
@@ -203,7 +196,7 @@ fn place(
         other => other.to_string(),
     })?;
     engine.commit(req, &placement).map_err(|e| e.to_string())?;
-    let node = names.get(placement.node).ok_or("placement names an unknown node")?;
+    let node = &placement.node_name;
     let record = state.nodes.get(node.as_str()).ok_or("placement names an unknown node")?;
     let mut gpus = Vec::with_capacity(placement.gpus.len());
     for g in placement.gpus {
@@ -214,7 +207,7 @@ fn place(
         workload: w.spec.name.clone(),
         version: w.version,
         replica,
-        node: (*node).clone(),
+        node: node.clone(),
         gpus,
         cpu_milli: w.spec.cpu_milli,
         memory_mib: w.spec.memory_mib,

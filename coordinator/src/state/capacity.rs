@@ -33,15 +33,12 @@ pub fn node_snapshot<'a>(
     );
     snap.labels = record.labels();
     snap.schedulable = record.status == NodeStatus::Ready && !record.drained;
-    for (snap_gpu, g) in snap.gpus.iter_mut().zip(&info.gpus) {
+    for ((snap_gpu, g), (healthy, load)) in
+        snap.gpus.iter_mut().zip(&info.gpus).zip(engine_gpus(record, telemetry))
+    {
         snap_gpu.nvlink_domain = g.nvlink_domain;
-        if let Some(t) = telemetry.get(&g.index) {
-            snap_gpu.healthy = !matches!(t.health, GpuHealth::Unhealthy(_));
-            snap_gpu.telemetry = Some(gantry_placement::GpuTelemetry {
-                utilization_pct: t.utilization_pct.min(100) as u8,
-                memory_used_mib: t.memory_used_mib,
-            });
-        }
+        snap_gpu.healthy = healthy;
+        snap_gpu.telemetry = load;
     }
     for a in allocs.filter(|a| a.holds_resources()) {
         snap.cpu_used_milli += a.cpu_milli;
@@ -60,6 +57,29 @@ pub fn node_snapshot<'a>(
         }
     }
     snap
+}
+
+/// Per GPU of a node, in its order, what the engine takes from live
+/// telemetry: whether it is healthy, and its load.
+pub type EngineGpus = Vec<(bool, Option<gantry_placement::GpuTelemetry>)>;
+
+/// The engine's view of a node's GPU samples (a GPU without one is healthy and unloaded).
+pub fn engine_gpus(record: &NodeRecord, telemetry: &NodeTelemetry<'_>) -> EngineGpus {
+    record
+        .info
+        .gpus
+        .iter()
+        .map(|g| match telemetry.get(&g.index) {
+            Some(t) => (
+                !matches!(t.health, GpuHealth::Unhealthy(_)),
+                Some(gantry_placement::GpuTelemetry {
+                    utilization_pct: t.utilization_pct.min(100) as u8,
+                    memory_used_mib: t.memory_used_mib,
+                }),
+            ),
+            None => (true, None),
+        })
+        .collect()
 }
 
 fn empty_gpu(sharing: GpuSharing, model: &str, memory_mib: u64) -> GpuSnapshot {
