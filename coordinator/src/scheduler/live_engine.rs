@@ -27,6 +27,7 @@ use crate::state::capacity::{engine_gpus, node_snapshot, EngineGpus, NodeTelemet
 use crate::state::{NodeRecord, State};
 
 /// The engine and what it was last brought to.
+#[derive(Clone)]
 pub struct LiveEngine {
     engine: Engine,
     /// Node name → its index in the engine.

@@ -134,16 +134,19 @@ fn plan_workload(
     let req = w.spec.placement_request();
     let mut refusal: Option<String> = None;
     let mut waiting = stopping;
+    // The first allocation of each slot, by replica (a lookup per slot, not a scan).
+    let mut by_replica: BTreeMap<u32, &Allocation> = BTreeMap::new();
     for a in &running {
         if a.replica >= w.spec.replicas {
             plan.stop.push((a.id.clone(), "scaled down".into()));
         }
+        by_replica.entry(a.replica).or_insert(*a);
     }
     for replica in 0..w.spec.replicas {
         if plan.place.len() >= MAX_PLACEMENTS_PER_PLAN {
             break;
         }
-        let current = running.iter().find(|a| a.replica == replica);
+        let current = by_replica.get(&replica);
         match current {
             Some(a) if a.version < w.version => {
                 plan.stop.push((a.id.clone(), format!("replaced by version {}", w.version)));
