@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use gantry_common::model::{GpuInfo, GpuSharing, HostInfo, MigMode, NodeInfo};
 use gantry_common::workload::parse_workload_toml;
 use gantry_coordinator::scheduler::live_engine::LiveEngine;
-use gantry_coordinator::scheduler::plan::{plan, plan_on, ClusterTelemetry};
+use gantry_coordinator::scheduler::plan::{plan, plan_on, ClusterTelemetry, Todo};
 use gantry_coordinator::state::{apply, Command, State};
 use gantry_placement::EngineConfig;
 
@@ -90,15 +90,17 @@ fn bench(c: &mut Criterion) {
     g.bench_function("engine_built_afresh", |b| {
         b.iter(|| {
             let mut live = LiveEngine::build(Arc::clone(&after), &none, &config);
-            black_box(plan_on(&mut live, 7).plan.place.len())
+            black_box(plan_on(&mut live, 7, &Todo::All).plan.place.len())
         })
     });
     g.bench_function("engine_kept_and_followed", |b| {
         b.iter_batched(
             || kept.clone(),
             |mut live| {
-                live.follow(Arc::clone(&after), &none);
-                black_box(plan_on(&mut live, 7).plan.place.len())
+                let delta = live.delta(&after);
+                let todo = delta.todo.clone();
+                live.follow(Arc::clone(&after), &none, delta);
+                black_box(plan_on(&mut live, 7, &todo).plan.place.len())
             },
             BatchSize::LargeInput,
         )

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::live_engine::{Followed, LiveEngine};
-use super::plan::{all_settled, cluster_telemetry, plan_on, Round};
+use super::plan::{all_settled, cluster_telemetry, plan_on, Round, Todo};
 use crate::service::Service;
 use crate::state::{Command, CommandResponse};
 
@@ -45,7 +45,15 @@ pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
         let planned = tokio::task::spawn_blocking(move || {
             // The snapshot of the last applied batch: the round holds no lock.
             let state = svc.state.snapshot();
-            if all_settled(&state) {
+            // What to evaluate: with a kept engine, the workloads that
+            // changed or wait (O(changes)); without one, all of them.
+            let delta = kept.as_ref().map(|engine| engine.delta(&state));
+            let todo = match &delta {
+                Some(d) => d.todo.clone(),
+                None if all_settled(&state) => Todo::These(Default::default()),
+                None => Todo::All,
+            };
+            if todo.is_empty() {
                 return (Round::default(), kept, None);
             }
             let copied: Vec<(String, Vec<GpuTelemetry>)> = {
@@ -54,15 +62,15 @@ pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
             };
             let samples = cluster_telemetry(copied.iter().map(|(n, g)| (n.as_str(), g.as_slice())));
             let follow_started = Instant::now();
-            let (mut engine, followed) = match kept {
-                Some(mut engine) => {
-                    let followed = engine.follow(state, &samples);
+            let (mut engine, followed) = match (kept, delta) {
+                (Some(mut engine), Some(delta)) => {
+                    let followed = engine.follow(state, &samples, delta);
                     (engine, followed)
                 }
-                None => (LiveEngine::build(state, &samples, &cfg), Followed { set: 0, rebuilt: true }),
+                _ => (LiveEngine::build(state, &samples, &cfg), Followed { set: 0, rebuilt: true }),
             };
             let follow_time = follow_started.elapsed();
-            let round = plan_on(&mut engine, round);
+            let round = plan_on(&mut engine, round, &todo);
             (round, Some(engine), Some((followed, follow_time)))
         })
         .await;

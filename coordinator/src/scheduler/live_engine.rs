@@ -22,9 +22,9 @@ use gantry_placement::{Engine, EngineConfig, NodeExclusion, NodeSnapshot};
 use imbl::ordmap::DiffItem;
 use imbl::OrdMap;
 
-use super::plan::ClusterTelemetry;
+use super::plan::{settled, ClusterTelemetry, Todo};
 use crate::state::capacity::{engine_gpus, node_snapshot, EngineGpus, NodeTelemetry};
-use crate::state::{NodeRecord, State};
+use crate::state::{NodeRecord, State, WorkloadRecord};
 
 /// The engine and what it was last brought to.
 #[derive(Clone)]
@@ -41,6 +41,20 @@ pub struct LiveEngine {
     /// Nodes a round committed placements to: set from the state at the
     /// next follow whatever the state says (the plan may not have committed).
     committed: BTreeSet<String>,
+    /// Workloads a round placed, or left for later (a full plan): evaluated
+    /// again next round whatever changed.
+    carry: BTreeSet<String>,
+}
+
+/// What changed between the state an engine holds and a newer one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    /// Nodes whose record or allocations changed.
+    nodes: BTreeSet<String>,
+    /// The workloads a round must evaluate: those whose record or
+    /// allocations changed, those with allocations on a changed node,
+    /// those pending, and those carried over, less the ones settled.
+    pub todo: Todo,
 }
 
 /// What [`LiveEngine::follow`] did.
@@ -66,7 +80,44 @@ impl LiveEngine {
             gpus.insert(name.clone(), engine_gpus(record, t));
         }
         let (engine, _) = Engine::build(&gantry_placement::ClusterSnapshot { nodes }, config.clone());
-        LiveEngine { engine, index, free: Vec::new(), base: state, gpus, committed: BTreeSet::new() }
+        LiveEngine {
+            engine,
+            index,
+            free: Vec::new(),
+            base: state,
+            gpus,
+            committed: BTreeSet::new(),
+            carry: BTreeSet::new(),
+        }
+    }
+
+    /// What changed from the state the engine holds to `state` (reads
+    /// only; the cost follows the changes and the pending workloads).
+    pub fn delta(&self, state: &State) -> Delta {
+        let nodes = changed_nodes(&self.base, state);
+        let mut workloads = self.carry.clone();
+        for node in &nodes {
+            for a in self.base.allocs_on(node).chain(state.allocs_on(node)) {
+                workloads.insert(a.workload.clone());
+            }
+        }
+        let (a, b): (&OrdMap<String, Allocation>, &OrdMap<String, Allocation>) =
+            (&self.base.allocs, &state.allocs);
+        for d in a.diff(b) {
+            let (DiffItem::Add(_, x) | DiffItem::Remove(_, x) | DiffItem::Update { new: (_, x), .. }) = d;
+            workloads.insert(x.workload.clone());
+        }
+        let (a, b): (&OrdMap<String, WorkloadRecord>, &OrdMap<String, WorkloadRecord>) =
+            (&self.base.workloads, &state.workloads);
+        for d in a.diff(b) {
+            let (DiffItem::Add(k, _) | DiffItem::Remove(k, _) | DiffItem::Update { new: (k, _), .. }) = d;
+            workloads.insert(k.clone());
+        }
+        workloads.extend(
+            state.workloads.iter().filter(|(_, w)| w.pending_reason.is_some()).map(|(n, _)| n.clone()),
+        );
+        workloads.retain(|name| state.workloads.get(name).is_some_and(|w| !settled(state, name, w)));
+        Delta { nodes, todo: Todo::These(workloads) }
     }
 
     /// Brings the engine to `state` and `telemetry`: sets again the nodes
@@ -74,9 +125,10 @@ impl LiveEngine {
     /// the last round committed to, and those whose GPUs' health or load
     /// moved. The cost follows what changed, plus one comparison of
     /// telemetry per node.
-    pub fn follow(&mut self, state: Arc<State>, telemetry: &ClusterTelemetry<'_>) -> Followed {
+    pub fn follow(&mut self, state: Arc<State>, telemetry: &ClusterTelemetry<'_>, delta: Delta) -> Followed {
         let mut changed = std::mem::take(&mut self.committed);
-        changed.extend(changed_nodes(&self.base, &state));
+        self.carry.clear();
+        changed.extend(delta.nodes);
         let empty = NodeTelemetry::new();
         for (name, record) in state.nodes.iter() {
             let now = engine_gpus(record, telemetry.get(name.as_str()).unwrap_or(&empty));
@@ -144,6 +196,11 @@ impl LiveEngine {
         self.committed.insert(node.to_string());
     }
 
+    /// Notes that the next round evaluates `workload` again.
+    pub fn take_up_again(&mut self, workload: &str) {
+        self.carry.insert(workload.to_string());
+    }
+
     /// The nodes the engine leaves out, and why.
     pub fn exclusions(&self) -> Vec<NodeExclusion> {
         self.engine.exclusions().to_vec()
@@ -194,7 +251,7 @@ mod tests {
     use gantry_common::model::{GpuHealth, GpuTelemetry};
 
     use super::*;
-    use crate::scheduler::plan::{cluster_telemetry, plan_on};
+    use crate::scheduler::plan::{cluster_telemetry, plan, plan_on};
     use crate::state::apply;
     use crate::state::random_stream::{Rng, Stream};
 
@@ -231,7 +288,9 @@ mod tests {
     /// On random command streams (nodes come and go, workloads are placed,
     /// fail and stop; telemetry moves), an engine that follows the state
     /// round after round holds every node as an engine built afresh does,
-    /// including after rounds whose plans were never committed.
+    /// including after rounds whose plans were never committed; and every
+    /// workload that a full evaluation would act on is among those the
+    /// delta says to evaluate.
     #[test]
     fn a_followed_engine_holds_what_a_fresh_one_does() {
         let config = EngineConfig::default();
@@ -249,19 +308,41 @@ mod tests {
                 let copied = samples(&state, stream.rng());
                 let telemetry = cluster_telemetry(copied.iter().map(|(n, g)| (n.as_str(), g.as_slice())));
                 let snapshot = Arc::new(state.frozen());
-                let engine = match live.take() {
+                let (engine, todo) = match live.take() {
                     Some(mut e) => {
-                        followed_nodes += e.follow(Arc::clone(&snapshot), &telemetry).set;
-                        e
+                        let delta = e.delta(&snapshot);
+                        let todo = delta.todo.clone();
+                        followed_nodes += e.follow(Arc::clone(&snapshot), &telemetry, delta).set;
+                        (e, todo)
                     }
-                    None => LiveEngine::build(Arc::clone(&snapshot), &telemetry, &config),
+                    None => (LiveEngine::build(Arc::clone(&snapshot), &telemetry, &config), Todo::All),
                 };
                 let fresh = LiveEngine::build(Arc::clone(&snapshot), &telemetry, &config);
                 assert_eq!(engine.nodes(), fresh.nodes(), "seed {seed} step {step}");
+                if let Todo::These(todo) = &todo {
+                    let full = plan(&snapshot, &telemetry, &config, step).plan;
+                    let acted = full
+                        .place
+                        .iter()
+                        .map(|p| p.workload.clone())
+                        .chain(full.pending.iter().map(|(w, _)| w.clone()))
+                        .chain(
+                            full.stop
+                                .iter()
+                                .filter_map(|(id, _)| snapshot.allocs.get(id).map(|a| a.workload.clone())),
+                        );
+                    for w in acted {
+                        assert!(
+                            todo.contains(&w),
+                            "seed {seed} step {step}: {w} needs a decision but is not to plan: {full:?} allocs {:?}",
+                            snapshot.allocs_of(&w).collect::<Vec<_>>()
+                        );
+                    }
+                }
                 let mut engine = engine;
                 // A round places into the engine; its plan is dropped (never
-                // committed) now and then, so the next follow must undo it.
-                let round = plan_on(&mut engine, step);
+                // committed) now and then, so the next round must take it up again.
+                let round = plan_on(&mut engine, step, &todo);
                 if stream.rng().below(2) == 0 && !round.plan.is_empty() {
                     apply(&mut state, &crate::state::Command::ApplyPlan(round.plan));
                 }
@@ -282,10 +363,12 @@ mod tests {
         }
         let none = ClusterTelemetry::new();
         let mut live = LiveEngine::build(Arc::new(state.frozen()), &none, &config);
-        assert_eq!(live.follow(Arc::new(state.frozen()), &none), Followed { set: 0, rebuilt: false });
+        let same = live.delta(&state);
+        assert_eq!(live.follow(Arc::new(state.frozen()), &none, same), Followed { set: 0, rebuilt: false });
         let name = state.nodes.keys().next().unwrap().clone();
         state.nodes.get_mut(&name).unwrap().drained = true;
-        assert_eq!(live.follow(Arc::new(state.frozen()), &none), Followed { set: 1, rebuilt: false });
+        let delta = live.delta(&state);
+        assert_eq!(live.follow(Arc::new(state.frozen()), &none, delta), Followed { set: 1, rebuilt: false });
         assert!(!live.nodes()[&name].schedulable);
     }
 }

@@ -20,7 +20,7 @@
 //! round never hands out the same capacity twice; the plan is re-checked
 //! again when it applies (`state::apply_workloads`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use gantry_common::model::GpuTelemetry;
@@ -59,61 +59,94 @@ pub fn plan(state: &State, telemetry: &ClusterTelemetry<'_>, config: &EngineConf
         return Round::default();
     }
     let mut live = LiveEngine::build(Arc::new(state.clone()), telemetry, config);
-    plan_on(&mut live, seed)
+    plan_on(&mut live, seed, &Todo::All)
+}
+
+/// The workloads a round evaluates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Todo {
+    /// Every workload (an engine's first round).
+    All,
+    /// These, by name; the others are known to be settled.
+    These(BTreeSet<String>),
+}
+
+impl Todo {
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Todo::These(names) if names.is_empty())
+    }
 }
 
 /// Plans one round on `live`, which the caller has brought to the state
 /// (its [`LiveEngine::base`]). `seed` breaks ties between equally good
 /// nodes. A node the engine cannot take (a MIG GPU of a model without
 /// geometry, more than it holds) is left out with its reason; every other
-/// node keeps scheduling. The nodes placed on are noted in `live`, so the
-/// next follow sets them from the state whether or not the plan commits.
-pub fn plan_on(live: &mut LiveEngine, seed: u64) -> Round {
+/// node keeps scheduling. Only the workloads in `todo` are evaluated. The
+/// nodes placed on and every workload in `todo` are noted in `live`, so the
+/// next round takes them up again whether or not this plan commits, until
+/// they are settled.
+pub fn plan_on(live: &mut LiveEngine, seed: u64, todo: &Todo) -> Round {
     let state = Arc::clone(live.base());
+    let names: Vec<&String> = match todo {
+        Todo::All => state.workloads.keys().collect(),
+        Todo::These(names) => names.iter().collect(),
+    };
     let mut plan = Plan::default();
-    for (name, w) in &state.workloads {
+    for name in &names {
+        let Some(w) = state.workloads.get(name.as_str()) else { continue };
         if w.stopping {
             continue;
         }
         let reason = plan_workload(&state, live.engine_mut(), name, w, seed, &mut plan);
         if reason != w.pending_reason {
-            plan.pending.push((name.clone(), reason));
+            plan.pending.push(((*name).clone(), reason));
         }
         if plan.place.len() >= MAX_PLACEMENTS_PER_PLAN {
             break;
         }
     }
+    // Every workload evaluated (or left for later) is taken up again next
+    // round: its plan may not commit, or it waits (for capacity, for old
+    // replicas to let go). Once settled, the next delta drops it.
     for new in &plan.place {
         live.committed_to(&new.node);
+    }
+    for name in &names {
+        live.take_up_again(name);
     }
     Round { plan, excluded: Some(live.exclusions()) }
 }
 
-/// Whether no workload needs a decision: each has exactly its replicas,
-/// running its current version on nodes that are not drained, and no
-/// pending reason to clear or set.
-pub fn all_settled(state: &State) -> bool {
-    let mut running: BTreeMap<&str, Vec<&Allocation>> = BTreeMap::new();
-    for a in state.allocs.values().filter(|a| a.fills_slot()) {
-        running.entry(a.workload.as_str()).or_default().push(a);
+/// Whether `w` needs no decision: exactly its replicas, running its
+/// current version on nodes that are not drained, none meant to run that
+/// its agent stopped, and no pending reason to clear or set.
+pub fn settled(state: &State, name: &str, w: &WorkloadRecord) -> bool {
+    if w.stopping {
+        return true;
     }
-    state.workloads.iter().all(|(name, w)| {
-        if w.stopping {
-            return true;
-        }
-        let allocs = running.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-        let mut replicas: Vec<u32> = allocs.iter().map(|a| a.replica).collect();
-        replicas.sort_unstable();
-        replicas.dedup();
-        w.pending_reason.is_none()
-            && allocs.len() == w.spec.replicas as usize
-            && replicas.len() == allocs.len()
-            && allocs.iter().all(|a| {
-                a.replica < w.spec.replicas
-                    && a.version == w.version
-                    && (a.actual.is_finished() || state.nodes.get(&a.node).is_some_and(|n| !n.drained))
-            })
-    })
+    if w.pending_reason.is_some() {
+        return false;
+    }
+    // One its agent stopped for good although it was meant to run is to be stopped.
+    if state.allocs_of(name).any(|a| a.desired == DesiredState::Run && !a.fills_slot()) {
+        return false;
+    }
+    let allocs: Vec<&Allocation> = state.allocs_of(name).filter(|a| a.fills_slot()).collect();
+    let mut replicas: Vec<u32> = allocs.iter().map(|a| a.replica).collect();
+    replicas.sort_unstable();
+    replicas.dedup();
+    allocs.len() == w.spec.replicas as usize
+        && replicas.len() == allocs.len()
+        && allocs.iter().all(|a| {
+            a.replica < w.spec.replicas
+                && a.version == w.version
+                && (a.actual.is_finished() || state.nodes.get(&a.node).is_some_and(|n| !n.drained))
+        })
+}
+
+/// Whether no workload needs a decision (see [`settled`]).
+pub fn all_settled(state: &State) -> bool {
+    state.workloads.iter().all(|(name, w)| settled(state, name, w))
 }
 
 fn plan_workload(
