@@ -172,6 +172,7 @@ pub(super) fn apply_plan(state: &mut State, plan: &Plan) -> CommandResponse {
     let mut refused = Vec::new();
     // One engine per node touched by this plan, holding what the plan already placed there.
     let mut engines: BTreeMap<String, Result<Engine, String>> = BTreeMap::new();
+    let mut filled: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
     for new in &plan.place {
         let label = format!("{}[{}] on {}", new.workload, new.replica, new.node);
         let current = match state.workloads.get(&new.workload) {
@@ -185,8 +186,12 @@ pub(super) fn apply_plan(state: &mut State, plan: &Plan) -> CommandResponse {
                 continue;
             }
         };
-        let taken = state.allocs_of(&new.workload).any(|a| a.replica == new.replica && a.fills_slot());
-        if taken {
+        // The slots each workload's allocations fill, looked up once per
+        // workload per plan (not a scan of its replicas per placement).
+        let filled = filled.entry(new.workload.clone()).or_insert_with(|| {
+            state.allocs_of(&new.workload).filter(|a| a.fills_slot()).map(|a| a.replica).collect()
+        });
+        if filled.contains(&new.replica) {
             refused.push(format!("{label}: the replica already has an allocation"));
             continue;
         }
@@ -215,6 +220,7 @@ pub(super) fn apply_plan(state: &mut State, plan: &Plan) -> CommandResponse {
         state.next_alloc += 1;
         let id = format!("{}.{}.{}", new.workload, new.replica, state.next_alloc);
         state.allocs.insert(id.clone(), Allocation::pending(id.clone(), new.clone()));
+        filled.insert(new.replica);
         touch(state, &new.node);
         placed.push(id);
     }
