@@ -119,7 +119,7 @@ impl Delta {
 fn rows<V: Serialize>(
     what: &'static str,
     keys: BTreeSet<String>,
-    records: &imbl::OrdMap<String, V>,
+    records: &crate::state::Records<String, V>,
 ) -> Result<Rows, Fault> {
     keys.into_iter()
         .map(|key| {
@@ -157,7 +157,7 @@ fn write_all<V: Serialize>(
     txn: &WriteTransaction,
     table: TableDefinition<&str, &[u8]>,
     what: &'static str,
-    records: &imbl::OrdMap<String, V>,
+    records: &crate::state::Records<String, V>,
 ) -> Result<(), Fault> {
     let mut table = txn.open_table(table)?;
     for (key, value) in records {

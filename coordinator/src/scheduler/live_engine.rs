@@ -17,14 +17,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use gantry_common::workload::Allocation;
 use gantry_placement::{Engine, EngineConfig, NodeExclusion, NodeSnapshot};
 use imbl::ordmap::DiffItem;
-use imbl::OrdMap;
 
 use super::plan::{settled, ClusterTelemetry, Todo};
 use crate::state::capacity::{engine_gpus, node_snapshot, EngineGpus, NodeTelemetry};
-use crate::state::{NodeRecord, State, WorkloadRecord};
+use crate::state::State;
 
 /// The engine and what it was last brought to.
 #[derive(Clone)]
@@ -101,14 +99,12 @@ impl LiveEngine {
                 workloads.insert(a.workload.clone());
             }
         }
-        let (a, b): (&OrdMap<String, Allocation>, &OrdMap<String, Allocation>) =
-            (&self.base.allocs, &state.allocs);
+        let (a, b) = (self.base.allocs.map(), state.allocs.map());
         for d in a.diff(b) {
             let (DiffItem::Add(_, x) | DiffItem::Remove(_, x) | DiffItem::Update { new: (_, x), .. }) = d;
             workloads.insert(x.workload.clone());
         }
-        let (a, b): (&OrdMap<String, WorkloadRecord>, &OrdMap<String, WorkloadRecord>) =
-            (&self.base.workloads, &state.workloads);
+        let (a, b) = (self.base.workloads.map(), state.workloads.map());
         for d in a.diff(b) {
             let (DiffItem::Add(k, _) | DiffItem::Remove(k, _) | DiffItem::Update { new: (k, _), .. }) = d;
             workloads.insert(k.clone());
@@ -223,14 +219,14 @@ impl LiveEngine {
 /// lost or changed an allocation.
 fn changed_nodes(before: &State, after: &State) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let (a, b): (&OrdMap<String, NodeRecord>, &OrdMap<String, NodeRecord>) = (&before.nodes, &after.nodes);
+    let (a, b) = (before.nodes.map(), after.nodes.map());
     for d in a.diff(b) {
         let name = match d {
             DiffItem::Add(k, _) | DiffItem::Remove(k, _) | DiffItem::Update { new: (k, _), .. } => k,
         };
         out.insert(name.clone());
     }
-    let (a, b): (&OrdMap<String, Allocation>, &OrdMap<String, Allocation>) = (&before.allocs, &after.allocs);
+    let (a, b) = (before.allocs.map(), after.allocs.map());
     for d in a.diff(b) {
         match d {
             DiffItem::Add(_, x) | DiffItem::Remove(_, x) => {
@@ -257,7 +253,8 @@ mod tests {
 
     /// Random telemetry for some of the state's nodes: load and health.
     fn samples(state: &State, rng: &mut Rng) -> Vec<(String, Vec<GpuTelemetry>)> {
-        let sampled: Vec<(&String, &NodeRecord)> = state.nodes.iter().filter(|_| rng.below(3) > 0).collect();
+        let sampled: Vec<(&String, &crate::state::NodeRecord)> =
+            state.nodes.iter().filter(|_| rng.below(3) > 0).collect();
         sampled
             .into_iter()
             .map(|(name, n)| {

@@ -42,7 +42,7 @@ fn differ(a: &Tables, b: &Tables) -> Vec<String> {
     out
 }
 
-fn rows<V: Serialize>(records: &imbl::OrdMap<String, V>) -> BTreeMap<String, Vec<u8>> {
+fn rows<V: Serialize>(records: &crate::state::Records<String, V>) -> BTreeMap<String, Vec<u8>> {
     records.iter().map(|(k, v)| (k.clone(), encode(v).unwrap())).collect()
 }
 
@@ -58,7 +58,7 @@ fn export(state: &State) -> Tables {
 fn carry<V: Serialize>(
     table: &mut BTreeMap<String, Vec<u8>>,
     keys: &std::collections::BTreeSet<String>,
-    records: &imbl::OrdMap<String, V>,
+    records: &crate::state::Records<String, V>,
 ) {
     for key in keys {
         match records.get(key) {

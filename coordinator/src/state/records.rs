@@ -14,6 +14,9 @@
 //!
 //! The maps are persistent (`imbl::OrdMap`): a clone shares every record
 //! and costs O(1), and a change copies only the path to the changed key.
+//! Each record sits behind an `Arc`, so copying a path copies pointers
+//! (not the 64 records of a leaf), and a change clones only the record it
+//! changes, and only while a reader's snapshot still holds it.
 //! That is what lets the state machine hand readers a snapshot after every
 //! applied batch ([`Records::frozen`]), and the planner find what changed
 //! between two snapshots without a pass over every record
@@ -22,6 +25,7 @@
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Deref;
+use std::sync::Arc;
 
 use gantry_common::workload::Allocation;
 use imbl::{OrdMap, OrdSet};
@@ -31,7 +35,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// command that changed nothing can drop what it noted in O(1).
 #[derive(Clone)]
 pub struct Records<K, V> {
-    map: OrdMap<K, V>,
+    map: OrdMap<K, Arc<V>>,
     changed: Vec<K>,
 }
 
@@ -41,17 +45,74 @@ impl<K, V> Default for Records<K, V> {
     }
 }
 
-impl<K, V> Deref for Records<K, V> {
-    type Target = OrdMap<K, V>;
-    fn deref(&self) -> &OrdMap<K, V> {
+/// The read side, as a map's.
+impl<K: Ord, V> Records<K, V> {
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.map.get(key).map(|v| &**v)
+    }
+
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.map.contains_key(key)
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&K, &V)> + '_ {
+        self.map.iter().map(|(k, v)| (k, &**v))
+    }
+
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &K> + '_ {
+        self.map.keys()
+    }
+
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> + '_ {
+        self.map.values().map(|v| &**v)
+    }
+
+    /// The records whose keys are in `range`, in key order.
+    pub fn range<R>(&self, range: R) -> impl DoubleEndedIterator<Item = (&K, &V)> + '_
+    where
+        R: std::ops::RangeBounds<K>,
+    {
+        self.map.range(range).map(|(k, v)| (k, &**v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The underlying persistent map, to diff two snapshots
+    /// (`OrdMap::diff` skips what they share).
+    pub fn map(&self) -> &OrdMap<K, Arc<V>> {
         &self.map
+    }
+}
+
+impl<K, V, Q> std::ops::Index<&Q> for Records<K, V>
+where
+    K: Ord + Borrow<Q>,
+    Q: Ord + ?Sized,
+{
+    type Output = V;
+    fn index(&self, key: &Q) -> &V {
+        &self.map[key]
     }
 }
 
 /// The records, as a map: what changed since the last write is not state.
 impl<K: std::fmt::Debug + Ord, V: std::fmt::Debug> std::fmt::Debug for Records<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.map.iter()).finish()
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -83,12 +144,13 @@ impl<K: Ord + Clone, V: Clone> Records<K, V> {
     {
         let (k, _) = self.map.get_key_value(key)?;
         self.changed.push(k.clone());
-        self.map.get_mut(key)
+        // Clones the record only while a snapshot shares it.
+        self.map.get_mut(key).map(Arc::make_mut)
     }
 
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         self.changed.push(key.clone());
-        self.map.insert(key, value)
+        self.map.insert(key, Arc::new(value)).map(Arc::unwrap_or_clone)
     }
 
     pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
@@ -98,12 +160,12 @@ impl<K: Ord + Clone, V: Clone> Records<K, V> {
     {
         let (k, v) = self.map.remove_with_key(key)?;
         self.changed.push(k);
-        Some(v)
+        Some(Arc::unwrap_or_clone(v))
     }
 
     /// Keeps the records `keep` says yes to; the others' keys are noted.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
-        let gone: Vec<K> = self.map.iter().filter(|(k, v)| !keep(k, v)).map(|(k, _)| k.clone()).collect();
+        let gone: Vec<K> = self.iter().filter(|(k, v)| !keep(k, v)).map(|(k, _)| k.clone()).collect();
         for k in gone {
             self.map.remove(&k);
             self.changed.push(k);
@@ -140,31 +202,28 @@ impl<K: Ord + Clone, V: Clone> Records<K, V> {
 
 impl<'a, K: Ord, V> IntoIterator for &'a Records<K, V> {
     type Item = (&'a K, &'a V);
-    type IntoIter = imbl::ordmap::Iter<'a, K, V, imbl::shared_ptr::DefaultSharedPtr>;
+    type IntoIter = Box<dyn DoubleEndedIterator<Item = (&'a K, &'a V)> + 'a>;
     fn into_iter(self) -> Self::IntoIter {
-        self.map.iter()
+        Box::new(self.iter())
     }
 }
 
 impl<K: Ord + Clone, V: Clone> FromIterator<(K, V)> for Records<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Records { map: iter.into_iter().collect(), changed: Vec::new() }
+        Records { map: iter.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(), changed: Vec::new() }
     }
 }
 
 /// As a map of the entries in key order, as `BTreeMap` writes it.
 impl<K: Serialize + Ord, V: Serialize> Serialize for Records<K, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.map.iter())
+        serializer.collect_map(self.iter())
     }
 }
 
 impl<'de, K: Deserialize<'de> + Ord + Clone, V: Deserialize<'de> + Clone> Deserialize<'de> for Records<K, V> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Records {
-            map: BTreeMap::<K, V>::deserialize(deserializer)?.into_iter().collect(),
-            changed: Vec::new(),
-        })
+        Ok(BTreeMap::<K, V>::deserialize(deserializer)?.into_iter().collect())
     }
 }
 
