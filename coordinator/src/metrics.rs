@@ -37,6 +37,8 @@ pub struct Metrics {
     snapshot_build_seconds: Gauge<f64, AtomicU64>,
     snapshots_built: Counter<u64, AtomicU64>,
     connections_refused: Counter<u64, AtomicU64>,
+    write_groups: Counter<u64, AtomicU64>,
+    grouped_writes: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -112,6 +114,18 @@ impl Metrics {
             "Connections refused at once because the most handshakes this coordinator works on at a time were in flight",
             connections_refused.clone(),
         );
+        let write_groups = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "raft_write_groups",
+            "Raft entries this coordinator proposed as leader that carried several writes which arrived together",
+            write_groups.clone(),
+        );
+        let grouped_writes = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "raft_grouped_writes",
+            "Writes this coordinator proposed as leader inside such groups",
+            grouped_writes.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             term,
@@ -129,6 +143,8 @@ impl Metrics {
             snapshot_build_seconds,
             snapshots_built,
             connections_refused,
+            write_groups,
+            grouped_writes,
         }
     }
 
@@ -168,6 +184,9 @@ impl Metrics {
         self.snapshot_build_seconds.set(seconds);
         catch_up(&self.snapshots_built, built);
         catch_up(&self.connections_refused, service.admission.refused());
+        let (groups, grouped) = service.proposer.stats().totals();
+        catch_up(&self.write_groups, groups);
+        catch_up(&self.grouped_writes, grouped);
         let (received, (down, ready)) = {
             let t = service.telemetry.lock();
             (t.heartbeats_received, t.status_changes)

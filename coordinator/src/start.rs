@@ -116,12 +116,13 @@ pub async fn run(
             Duration::from_secs(config.node_down_after_secs),
             Duration::from_secs(config.node_failover_grace_secs),
         ),
-        peers,
+        peers: peers.clone(),
         scheduler_stats: Default::default(),
         agent_links: Default::default(),
         admission: Default::default(),
         leader_seen: Default::default(),
         log: log.clone(),
+        proposer: crate::service::proposer::Proposer::start(raft.clone(), peers.clone(), config.id),
     };
     let admin_listener = admin::bind(&config.admin_socket)?;
     let (stop_tx, stop_rx) = watch::channel(false);

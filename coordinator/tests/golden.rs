@@ -87,6 +87,19 @@ fn commands() -> Vec<(&'static str, Command)> {
             "command_submit_workloads",
             Command::SubmitWorkloads { specs: vec![samples::spec(), samples::process_spec()] },
         ),
+        // Protocol 5.
+        (
+            "command_group",
+            Command::Group {
+                commands: vec![
+                    Command::StopWorkload { name: "llm".into() },
+                    Command::Keyed {
+                        key: "0123456789abcdef0123456789abcdef".into(),
+                        command: Box::new(Command::DrainNode { node: "gpu-01".into(), drain: true }),
+                    },
+                ],
+            },
+        ),
     ]
 }
 
@@ -222,6 +235,13 @@ fn command_responses_keep_their_bytes() {
         (
             "response_batch",
             CommandResponse::Batch(vec![CommandResponse::Workload { version: 3, changed: true }]),
+        ),
+        (
+            "response_group",
+            CommandResponse::Group(vec![
+                CommandResponse::Applied,
+                CommandResponse::not_found("no workload \"llm\""),
+            ]),
         ),
         (
             "response_repeat",

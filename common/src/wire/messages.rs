@@ -19,8 +19,10 @@ use crate::workload::{AllocReport, Allocation, DesiredAlloc, WorkloadSpec};
 /// range and the answer the version agreed; a batch of workloads is one
 /// request (`ApiRequest::SubmitWorkloads`) and one Raft entry. 4:
 /// coordinators ask each other a pre-vote before they campaign (the
-/// coordinator's `PeerRequest::PreVote`).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// coordinator's `PeerRequest::PreVote`). 5: the leader may commit writes
+/// that arrive together as one Raft entry (the coordinator's
+/// `Command::Group`).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Lowest version this build still speaks: a cluster is upgraded one
 /// process at a time, and each connection speaks the highest version both

@@ -2,7 +2,8 @@
 //! coordinator's redb file (tables `raft_log` and `raft_meta`, see
 //! [`super::store`]).
 //!
-//! Every write is one redb transaction, durable when it commits; openraft
+//! Every write is one redb transaction, durable when it commits (except the
+//! committed log id's, see [`LogStore::save_committed`]'s body); openraft
 //! calls the writers one at a time through `&mut self`, which keeps the
 //! writes in the order it issued them. [`LogStore`] is also its own log
 //! reader: clones share the database and read through redb's MVCC snapshots.
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogId, StorageIOError, Vote};
-use redb::{Database, ReadableTable};
+use redb::{Database, Durability, ReadableTable};
 
 use super::redb_io::{blocking, decode, encode, Fault, StorageResult, LOG, META};
 use super::{NodeId, TypeConfig};
@@ -77,7 +78,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         let bytes = encode("vote", vote).map_err(|f| f.io(StorageIOError::write_vote))?;
         let db = Arc::clone(&self.db);
-        blocking(StorageIOError::write_vote, move || write_meta(&db, VOTE, Some(&bytes))).await
+        blocking(StorageIOError::write_vote, move || {
+            write_meta(&db, VOTE, Some(&bytes), Durability::Immediate)
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
@@ -91,7 +95,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .transpose()
             .map_err(|f| f.io(StorageIOError::write))?;
         let db = Arc::clone(&self.db);
-        blocking(StorageIOError::write, move || write_meta(&db, COMMITTED, bytes.as_deref())).await
+        // Not fsynced: the committed id only saves work at a restart (what
+        // is applied then, before a leader says what is committed), and
+        // Raft needs no durable commit index. openraft's core waits for
+        // this call each time the commit index moves, so an fsync here
+        // would cost one more disk round per commit. The next log append
+        // (durable) persists it along.
+        blocking(StorageIOError::write, move || {
+            write_meta(&db, COMMITTED, bytes.as_deref(), Durability::None)
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
@@ -194,9 +207,10 @@ fn read_meta<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// Sets `key` to `bytes`, or removes it for `None`, in one durable transaction.
-fn write_meta(db: &Database, key: &str, bytes: Option<&[u8]>) -> Result<(), Fault> {
-    let txn = db.begin_write()?;
+/// Sets `key` to `bytes`, or removes it for `None`, in one transaction.
+fn write_meta(db: &Database, key: &str, bytes: Option<&[u8]>, durability: Durability) -> Result<(), Fault> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability);
     {
         let mut meta = txn.open_table(META)?;
         match bytes {

@@ -20,6 +20,8 @@ use gantry_common::api::{ApiFailure, ApiRequest, ApiResponse, FailureKind, Submi
 use gantry_common::workload::WorkloadSpec;
 
 use super::Service;
+use crate::peer::client::PeerClient;
+use crate::raft::{NodeId, Raft};
 use crate::state::{Command, CommandResponse};
 
 /// The protocol version that carries batches.
@@ -118,17 +120,7 @@ impl Service {
     /// Whether every other member's connection agreed at least `version`
     /// (the leader asks before proposing an entry of that version).
     pub async fn cluster_speaks(&self, version: u32) -> bool {
-        let membership = self.raft.metrics().borrow().membership_config.clone();
-        for (id, node) in membership.membership().nodes() {
-            if *id == self.id {
-                continue;
-            }
-            match self.peers.version_with(&node.addr, VERSION_WAIT).await {
-                Some(v) if v >= version => {}
-                _ => return false,
-            }
-        }
-        self.peers.max_protocol() >= version
+        members_speak(&self.raft, &self.peers, self.id, version).await
     }
 
     /// Whether the leader at `addr` takes batches.
@@ -204,6 +196,22 @@ impl Service {
         })
         .map(ApiResponse::SubmittedBatch))
     }
+}
+
+/// Whether every member but `me` agreed at least `version` on its connection
+/// with this coordinator, and this one offers it too.
+pub(super) async fn members_speak(raft: &Raft, peers: &PeerClient, me: NodeId, version: u32) -> bool {
+    let membership = raft.metrics().borrow().membership_config.clone();
+    for (id, node) in membership.membership().nodes() {
+        if *id == me {
+            continue;
+        }
+        match peers.version_with(&node.addr, VERSION_WAIT).await {
+            Some(v) if v >= version => {}
+            _ => return false,
+        }
+    }
+    peers.max_protocol() >= version
 }
 
 #[cfg(test)]

@@ -13,10 +13,12 @@
 //! - [`batch`]: several workloads in one request, one Raft entry when every
 //!   member speaks protocol 3.
 //! - [`desired`]: a node's desired set, streamed to its agent in chunks.
+//! - [`proposer`]: writes that arrive together committed as one Raft entry.
 
 pub mod api;
 pub mod batch;
 pub mod desired;
+pub mod proposer;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +26,6 @@ use std::time::{Duration, Instant};
 use gantry_common::identity::{PeerIdentity, Role};
 use gantry_common::wire::{AgentRequest, AgentResponse, LeaderHint};
 use gantry_common::workload::AllocReport;
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tracing::{info, warn};
 
@@ -41,7 +42,7 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Most reports one agent request may carry.
 const MAX_REPORTS: usize = 10_000;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("this coordinator is not the leader")]
     NotLeader { leader: Option<LeaderHint> },
@@ -68,6 +69,8 @@ pub struct Service {
     pub leader_seen: LeaderSeen,
     /// The Raft log, read for its last entry when answering a pre-vote.
     pub log: crate::raft::log_store::LogStore,
+    /// Every Raft write goes through it (see [`proposer`]).
+    pub proposer: proposer::Proposer,
 }
 
 /// When a leader was last known; updated by [`LeaderSeen::follow`].
@@ -207,30 +210,13 @@ impl Service {
         }
     }
 
-    /// Commits a command through Raft (leader only).
+    /// Commits a command through Raft (leader only), in one entry with the
+    /// writes that wait beside it ([`proposer`]).
     /// A leader cut off from its majority cannot commit: the write gives up
     /// after [`COMMIT_TIMEOUT`] with its outcome unknown (the entry may still
     /// commit if the majority comes back).
     pub async fn write(&self, command: Command) -> Result<(u64, CommandResponse), WriteError> {
-        let written = match tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(command)).await {
-            Ok(w) => w,
-            Err(_) => {
-                return Err(WriteError::Raft(format!(
-                    "not committed within {}s: this leader cannot reach a majority",
-                    COMMIT_TIMEOUT.as_secs()
-                )))
-            }
-        };
-        match written {
-            Ok(resp) => match resp.data {
-                CommandResponse::Rejected { reason, kind } => Err(WriteError::Rejected { kind, reason }),
-                data => Ok((resp.log_id.index, data)),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader {
-                leader: f.leader_id.zip(f.leader_node).map(|(id, n)| LeaderHint { id, addr: n.addr }),
-            }),
-            Err(e) => Err(WriteError::Raft(e.to_string())),
-        }
+        self.proposer.write(command).await
     }
 
     pub fn is_leader(&self) -> bool {

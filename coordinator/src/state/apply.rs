@@ -11,6 +11,18 @@ pub const MAX_LABELS: usize = 64;
 /// Applies one command to the state. A rejected or idempotent command
 /// leaves the state exactly as it was.
 pub fn apply(state: &mut State, command: &Command) -> CommandResponse {
+    if let Command::Group { commands } = command {
+        // Each command on its own: its own revision, its own refusal.
+        return CommandResponse::Group(
+            commands
+                .iter()
+                .map(|c| match c {
+                    Command::Group { .. } => CommandResponse::invalid("a group cannot hold another group"),
+                    c => apply(state, c),
+                })
+                .collect(),
+        );
+    }
     let mark = state.change_mark();
     state.revision += 1;
     let response = apply_command(state, command);
@@ -58,6 +70,8 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
         Command::DrainNode { node, drain } => workloads::drain(state, node, *drain),
         Command::ApplyPlan(plan) => workloads::apply_plan(state, plan),
         Command::ReportAllocs { node, reports } => workloads::report(state, node, reports),
+        // Only reached inside a keyed write: `apply` takes groups apart.
+        Command::Group { .. } => CommandResponse::invalid("a keyed write cannot hold a group"),
         Command::RegisterNode { info } => {
             if let Err(reason) = info.validate() {
                 return CommandResponse::invalid(reason);
@@ -89,10 +103,11 @@ fn apply_command(state: &mut State, command: &Command) -> CommandResponse {
             }
             CommandResponse::Applied
         }
-        Command::SetNodeStatus { node, status } => match state.nodes.get_mut(node) {
+        Command::SetNodeStatus { node, status } => match state.nodes.get(node).map(|r| r.status) {
             None => CommandResponse::not_found(format!("node {node:?} is not registered")),
-            Some(record) if record.status == *status => CommandResponse::Unchanged,
-            Some(record) => {
+            Some(now) if now == *status => CommandResponse::Unchanged,
+            Some(_) => {
+                let Some(record) = state.nodes.get_mut(node) else { return CommandResponse::Applied };
                 record.status = *status;
                 if *status == NodeStatus::Down {
                     workloads::node_down(state, node);
@@ -275,6 +290,50 @@ mod tests {
             remove: vec![],
         };
         assert_eq!(kind(apply(&mut s, &bad_label)), Some(RejectKind::Invalid));
+    }
+
+    /// A group leaves the state as its commands one by one would, answers
+    /// each, and a refused one leaves the others applied.
+    #[test]
+    fn a_group_applies_as_its_commands_one_by_one() {
+        let commands = vec![
+            Command::RegisterNode { info: info("n1", 2) },
+            Command::SetNodeStatus { node: "ghost".into(), status: NodeStatus::Down },
+            Command::SetNodeLabels {
+                node: "n1".into(),
+                set: BTreeMap::from([("rack".to_string(), "r1".to_string())]),
+                remove: vec![],
+            },
+            Command::RegisterNode { info: info("n1", 2) },
+            Command::Group { commands: vec![Command::RegisterNode { info: info("n2", 1) }] },
+            Command::Keyed {
+                key: "k".into(),
+                command: Box::new(Command::Group {
+                    commands: vec![Command::RegisterNode { info: info("n3", 1) }],
+                }),
+            },
+        ];
+        let mut one_by_one = State::default();
+        let answers: Vec<CommandResponse> = commands
+            .iter()
+            .map(|c| match c {
+                Command::Group { .. } => CommandResponse::invalid("a group cannot hold another group"),
+                c => apply(&mut one_by_one, c),
+            })
+            .collect();
+        let mut grouped = State::default();
+        let r = apply(&mut grouped, &Command::Group { commands });
+        assert_eq!(r, CommandResponse::Group(answers.clone()));
+        assert_eq!(grouped, one_by_one, "the same state, revisions included");
+        assert_eq!(answers[0], CommandResponse::Applied);
+        assert!(matches!(answers[1], CommandResponse::Rejected { kind: RejectKind::NotFound, .. }));
+        assert_eq!(answers[2], CommandResponse::Applied, "applied after a refusal");
+        assert_eq!(answers[3], CommandResponse::Unchanged);
+        assert!(matches!(answers[4], CommandResponse::Rejected { kind: RejectKind::Invalid, .. }));
+        assert!(matches!(answers[5], CommandResponse::Rejected { kind: RejectKind::Invalid, .. }));
+        assert!(!grouped.nodes.contains_key("n2") && !grouped.nodes.contains_key("n3"));
+        assert_eq!(grouped.revision, 2, "two commands changed the state");
+        assert_eq!(apply(&mut grouped, &Command::Group { commands: vec![] }), CommandResponse::Group(vec![]));
     }
 
     #[test]

@@ -97,12 +97,13 @@ pub(super) fn submit_batch(state: &mut State, specs: &[WorkloadSpec]) -> Command
 }
 
 pub(super) fn stop_workload(state: &mut State, name: &str) -> CommandResponse {
-    let Some(w) = state.workloads.get_mut(name) else {
-        return CommandResponse::not_found(format!("workload {name:?} does not exist"));
-    };
-    if w.stopping {
-        return CommandResponse::Unchanged;
+    // Looked at before `get_mut`, which notes (and copies) the record.
+    match state.workloads.get(name) {
+        None => return CommandResponse::not_found(format!("workload {name:?} does not exist")),
+        Some(w) if w.stopping => return CommandResponse::Unchanged,
+        Some(_) => {}
     }
+    let Some(w) = state.workloads.get_mut(name) else { return CommandResponse::Applied };
     w.stopping = true;
     w.pending_reason = None;
     let ids: Vec<String> =
@@ -115,14 +116,16 @@ pub(super) fn stop_workload(state: &mut State, name: &str) -> CommandResponse {
 }
 
 pub(super) fn drain(state: &mut State, node: &str, drain: bool) -> CommandResponse {
-    match state.nodes.get_mut(node) {
-        None => CommandResponse::not_found(format!("node {node:?} is not registered")),
-        Some(n) if n.drained == drain => CommandResponse::Unchanged,
-        Some(n) => {
-            n.drained = drain;
-            CommandResponse::Applied
-        }
+    // Looked at before `get_mut`, which notes (and copies) the record.
+    match state.nodes.get(node) {
+        None => return CommandResponse::not_found(format!("node {node:?} is not registered")),
+        Some(n) if n.drained == drain => return CommandResponse::Unchanged,
+        Some(_) => {}
     }
+    if let Some(n) = state.nodes.get_mut(node) {
+        n.drained = drain;
+    }
+    CommandResponse::Applied
 }
 
 /// A node went down: what ran there is lost (and will be replaced).

@@ -237,6 +237,12 @@ pub enum Command {
     /// the same key again answers [`CommandResponse::Repeat`] with the
     /// first answer and changes nothing.
     Keyed { key: String, command: Box<Command> },
+    /// Writes that reached the leader together, applied one after another
+    /// as if each were its own entry: each has its own answer, and one that
+    /// is refused leaves the others applied (protocol 5: the leader groups
+    /// only when every coordinator can read it; see `service::proposer`).
+    /// A group holds no group.
+    Group { commands: Vec<Command> },
 }
 
 /// One evaluation round's decisions for any number of workloads.
@@ -317,4 +323,6 @@ pub enum CommandResponse {
     Repeat(Box<CommandResponse>),
     /// A batch applied: one `Workload` answer per spec, in order.
     Batch(Vec<CommandResponse>),
+    /// A [`Command::Group`] applied: one answer per command, in order.
+    Group(Vec<CommandResponse>),
 }

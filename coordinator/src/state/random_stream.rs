@@ -60,8 +60,24 @@ impl Stream {
         &mut self.rng
     }
 
-    /// The next command, drawn from `state`.
+    /// The next command, drawn from `state`: now and then a group of a few
+    /// (with, rarely, a group inside, which is refused).
     pub(crate) fn next(&mut self, state: &State) -> Command {
+        if self.rng.chance(8) {
+            let mut commands: Vec<Command> = (0..1 + self.rng.below(4)).map(|_| self.one(state)).collect();
+            if self.rng.chance(10) {
+                let inner = vec![self.one(state)];
+                commands.insert(
+                    self.rng.below(commands.len() as u64) as usize,
+                    Command::Group { commands: inner },
+                );
+            }
+            return Command::Group { commands };
+        }
+        self.one(state)
+    }
+
+    fn one(&mut self, state: &State) -> Command {
         let command = self.operator_or_agent(state);
         // Some operator writes carry an idempotency key from a small pool:
         // repeats, and the same key for another request.

@@ -1,0 +1,293 @@
+//! Writes that reach the leader together go to Raft as one entry.
+//!
+//! openraft 0.9's core writes each proposed entry to the log by itself and
+//! waits for that write's fsync before it takes the next proposal
+//! (`RaftCore::append_to_log` awaits the flush), so however many clients
+//! wait, the leader commits at most one entry per log fsync: about 0.3 ms
+//! here, some 3,000 entries a second, with the core idle on the disk most
+//! of that time. etcd's raft batches proposals in each `Ready`; this is the
+//! same idea one layer up.
+//!
+//! ```text
+//! write ──► queue ──► at most IN_FLIGHT (2) entries in flight
+//!                     one waiting write   ──► its own entry, as before
+//!                     several waiting     ──► one Command::Group entry,
+//!                                             one answer per write
+//! ```
+//!
+//! Nothing waits for a group to fill: a write that finds a free slot goes at
+//! once, so a quiet cluster sees no added latency, and a busy one puts
+//! everything that queued behind the entries in flight into the next.
+//! A group is proposed only when every coordinator speaks
+//! [`GROUP_PROTOCOL`] (a coordinator of the previous version cannot read
+//! one); otherwise the waiting writes go as entries of their own.
+//! Large commands (plans, batches of workloads) go alone.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{WriteError, COMMIT_TIMEOUT};
+use crate::peer::client::PeerClient;
+use crate::raft::{NodeId, Raft};
+use crate::state::{Command, CommandResponse};
+
+/// First protocol version whose coordinators read [`Command::Group`].
+pub const GROUP_PROTOCOL: u32 = 5;
+/// Entries proposed and not yet answered, at most. Measured with `gantryctl
+/// bench writes` at 1, 2, 4 and 8 (docs/BENCHMARKS.md): fewer group more;
+/// 2 rather than 1 so that one slow entry (a plan of thousands of
+/// placements) does not hold every other write back.
+pub const IN_FLIGHT: usize = 2;
+/// Most writes in one group.
+pub const MAX_GROUP: usize = 1024;
+/// Most encoded bytes of the writes in one group (well inside one
+/// AppendEntries' budget, [`crate::raft::network::APPEND_BUDGET`]).
+pub const GROUP_BUDGET: usize = 256 * 1024;
+/// A write larger than this goes alone.
+pub const ALONE_ABOVE: usize = 16 * 1024;
+/// Writes waiting to be proposed before callers wait to queue.
+const QUEUE: usize = 16 * 1024;
+/// How long an answer about the members' versions is used.
+const SPEAKS_FOR: Duration = Duration::from_secs(1);
+
+type Answer = Result<(u64, CommandResponse), WriteError>;
+
+struct Proposal {
+    command: Command,
+    bytes: usize,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// How many of the waiting writes (their encoded sizes, oldest first) go
+/// in the next entry: at least one; never more than [`MAX_GROUP`] or
+/// [`GROUP_BUDGET`] bytes; a write above [`ALONE_ABOVE`] goes by itself.
+pub fn group_len(sizes: &[usize]) -> usize {
+    let mut used = 0usize;
+    for (i, &bytes) in sizes.iter().enumerate() {
+        let alone = bytes > ALONE_ABOVE;
+        if i > 0 && (alone || i == MAX_GROUP || used.saturating_add(bytes) > GROUP_BUDGET) {
+            return i;
+        }
+        if alone {
+            return 1;
+        }
+        used += bytes;
+    }
+    sizes.len()
+}
+
+/// The answer to one write, from the entry's index and the command's response.
+pub fn outcome(index: u64, response: CommandResponse) -> Answer {
+    match response {
+        CommandResponse::Rejected { reason, kind } => Err(WriteError::Rejected { kind, reason }),
+        data => Ok((index, data)),
+    }
+}
+
+/// Hands writes to the grouping task; cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Proposal>,
+    stats: Arc<GroupStats>,
+}
+
+/// Groups proposed and the writes they carried, since start (for metrics).
+#[derive(Debug, Default)]
+pub struct GroupStats {
+    groups: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl GroupStats {
+    /// (group entries proposed, writes in them).
+    pub fn totals(&self) -> (u64, u64) {
+        (self.groups.load(Ordering::Relaxed), self.writes.load(Ordering::Relaxed))
+    }
+}
+
+impl Proposer {
+    /// Starts the grouping task for this coordinator's Raft.
+    pub fn start(raft: Raft, peers: PeerClient, id: NodeId) -> Proposer {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let speaks = Speaks { raft: raft.clone(), peers, id, known: Arc::default() };
+        let stats = Arc::new(GroupStats::default());
+        tokio::spawn(run(raft, speaks, Arc::clone(&stats), rx));
+        Proposer { tx, stats }
+    }
+
+    /// What has been grouped so far.
+    pub fn stats(&self) -> &GroupStats {
+        &self.stats
+    }
+
+    /// Commits `command` (leader only), alone or in a group; gives up after
+    /// [`COMMIT_TIMEOUT`] with its outcome unknown.
+    pub async fn write(&self, command: Command) -> Answer {
+        let bytes = gantry_common::schema::encode(&command).map_or(usize::MAX, |b| b.len());
+        let (reply, answer) = oneshot::channel();
+        let wait = async {
+            self.tx
+                .send(Proposal { command, bytes, reply })
+                .await
+                .map_err(|_| WriteError::Raft("the coordinator is shutting down".into()))?;
+            answer.await.map_err(|_| WriteError::Raft("the coordinator is shutting down".into()))?
+        };
+        match tokio::time::timeout(COMMIT_TIMEOUT, wait).await {
+            Ok(answer) => answer,
+            Err(_) => Err(not_committed()),
+        }
+    }
+}
+
+fn not_committed() -> WriteError {
+    WriteError::Raft(format!(
+        "not committed within {}s: this leader cannot reach a majority",
+        COMMIT_TIMEOUT.as_secs()
+    ))
+}
+
+async fn run(raft: Raft, speaks: Speaks, stats: Arc<GroupStats>, mut rx: mpsc::Receiver<Proposal>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut waiting: VecDeque<Proposal> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match rx.recv().await {
+                Some(p) => waiting.push_back(p),
+                None => return,
+            }
+        }
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
+        while waiting.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => waiting.push_back(p),
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up (timed out, or its client went away) is not proposed for.
+        waiting.retain(|p| !p.reply.is_closed());
+        if waiting.is_empty() {
+            continue;
+        }
+        let sizes: Vec<usize> = waiting.iter().map(|p| p.bytes).collect();
+        let group: Vec<Proposal> = waiting.drain(..group_len(&sizes)).collect();
+        let (raft, speaks, stats) = (raft.clone(), speaks.clone(), Arc::clone(&stats));
+        tokio::spawn(async move {
+            propose(&raft, &speaks, &stats, group).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Proposes one entry for `group` and answers each write in it.
+async fn propose(raft: &Raft, speaks: &Speaks, stats: &GroupStats, mut group: Vec<Proposal>) {
+    if group.len() > 1 && !speaks.group_protocol().await {
+        // A member of the previous version: each write its own entry, at once.
+        futures::future::join_all(group.into_iter().map(|p| async move {
+            let _ = p.reply.send(commit(raft, p.command).await);
+        }))
+        .await;
+        return;
+    }
+    if group.len() == 1 {
+        if let Some(p) = group.pop() {
+            let _ = p.reply.send(commit(raft, p.command).await);
+        }
+        return;
+    }
+    let (commands, replies): (Vec<Command>, Vec<oneshot::Sender<Answer>>) =
+        group.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let n = commands.len();
+    stats.groups.fetch_add(1, Ordering::Relaxed);
+    stats.writes.fetch_add(n as u64, Ordering::Relaxed);
+    match commit(raft, Command::Group { commands }).await {
+        Ok((index, CommandResponse::Group(answers))) if answers.len() == n => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(outcome(index, answer));
+            }
+        }
+        Ok((_, other)) => {
+            for reply in replies {
+                let _ = reply.send(Err(WriteError::Raft(format!("unexpected answer to a group: {other:?}"))));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// One Raft entry, within [`COMMIT_TIMEOUT`].
+async fn commit(raft: &Raft, command: Command) -> Answer {
+    let written = match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(command)).await {
+        Ok(w) => w,
+        Err(_) => return Err(not_committed()),
+    };
+    match written {
+        Ok(resp) => outcome(resp.log_id.index, resp.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader {
+            leader: f
+                .leader_id
+                .zip(f.leader_node)
+                .map(|(id, n)| gantry_common::wire::LeaderHint { id, addr: n.addr }),
+        }),
+        Err(e) => Err(WriteError::Raft(e.to_string())),
+    }
+}
+
+/// Whether every member reads groups, asked at most once per [`SPEAKS_FOR`].
+#[derive(Clone)]
+struct Speaks {
+    raft: Raft,
+    peers: PeerClient,
+    id: NodeId,
+    known: Arc<Mutex<Option<(Instant, bool)>>>,
+}
+
+impl Speaks {
+    async fn group_protocol(&self) -> bool {
+        let cached = *self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, yes)) = cached {
+            if at.elapsed() < SPEAKS_FOR {
+                return yes;
+            }
+        }
+        let yes = super::batch::members_speak(&self.raft, &self.peers, self.id, GROUP_PROTOCOL).await;
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), yes));
+        yes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_writes_are_grouped_within_the_bounds() {
+        assert_eq!(group_len(&[100]), 1);
+        assert_eq!(group_len(&[100; 10]), 10, "everything waiting");
+        assert_eq!(group_len(&vec![10; MAX_GROUP + 5]), MAX_GROUP);
+        let n = GROUP_BUDGET / ALONE_ABOVE;
+        assert_eq!(group_len(&vec![ALONE_ABOVE; n + 3]), n, "bytes bound the group");
+        assert_eq!(group_len(&[ALONE_ABOVE + 1, 100, 100]), 1, "a large write goes alone");
+        assert_eq!(group_len(&[100, 100, ALONE_ABOVE + 1, 100]), 2, "and is not joined");
+        assert_eq!(group_len(&[usize::MAX]), 1, "one that does not encode goes alone, to be refused");
+        assert_eq!(group_len(&[]), 0);
+    }
+
+    #[test]
+    fn a_refused_write_in_a_group_is_an_error_of_its_kind() {
+        assert!(matches!(outcome(7, CommandResponse::Applied), Ok((7, CommandResponse::Applied))));
+        let refused = CommandResponse::not_found("no node \"x\"");
+        assert!(matches!(
+            outcome(7, refused),
+            Err(WriteError::Rejected { kind: crate::state::RejectKind::NotFound, .. })
+        ));
+    }
+}
