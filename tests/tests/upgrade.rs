@@ -220,10 +220,12 @@ fn writes_are_grouped_only_when_every_member_speaks_protocol_5() -> anyhow::Resu
     })?;
 
     let (old, config) = cap_a_follower(&mut c, 4)?;
+    // Counted from here: while it was down it counted as the 5 it had spoken.
+    let before = grouped_writes(&c);
     for round in 0..3 {
         burst(&c, &node, round);
     }
-    assert_eq!(grouped_writes(&c), 0, "a member speaks 4: every write its own entry");
+    assert_eq!(grouped_writes(&c), before, "a member speaks 4: every write its own entry");
 
     c.kill9(&old)?;
     std::fs::write(&old.config, config)?;

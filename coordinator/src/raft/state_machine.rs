@@ -196,7 +196,7 @@ pub struct StateMachineStore {
     /// Entries applied since the state was last written, and when that was.
     /// A std `Mutex`: nothing awaits under it.
     checkpoint: Arc<Mutex<Checkpoint>>,
-    /// Write the state once this many entries are unsaved (or [`CHECKPOINT_INTERVAL`] passed).
+    /// Write the state once this many writes are unsaved (a group counts as its writes; or [`CHECKPOINT_INTERVAL`] passed).
     checkpoint_entries: u64,
     /// Held from taking a delta until its transaction commits, so deltas
     /// (and snapshot installs) reach the file in the order they were taken.
@@ -353,11 +353,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // The log holds every committed entry, so the state need not be
         // written per batch: a restart replays what came after the last
         // write (openraft re-applies from the state's last applied id up to
-        // the saved committed id). Snapshots write it too, so the log is
-        // never purged past it.
+        // the last committed id saved durably; a leader's commit index
+        // brings the rest). Snapshots write it too, so the log is never
+        // purged past it. A group counts as the writes it holds.
+        let writes: usize = responses
+            .iter()
+            .map(|r| match r {
+                CommandResponse::Group(answers) => answers.len().max(1),
+                _ => 1,
+            })
+            .sum();
         let due = {
             let mut c = self.lock_checkpoint();
-            c.unsaved += responses.len() as u64;
+            c.unsaved += writes as u64;
             c.unsaved >= self.checkpoint_entries || c.last.elapsed() >= CHECKPOINT_INTERVAL
         };
         if due {

@@ -20,8 +20,6 @@ use gantry_common::api::{ApiFailure, ApiRequest, ApiResponse, FailureKind, Submi
 use gantry_common::workload::WorkloadSpec;
 
 use super::Service;
-use crate::peer::client::PeerClient;
-use crate::raft::{NodeId, Raft};
 use crate::state::{Command, CommandResponse};
 
 /// The protocol version that carries batches.
@@ -120,7 +118,17 @@ impl Service {
     /// Whether every other member's connection agreed at least `version`
     /// (the leader asks before proposing an entry of that version).
     pub async fn cluster_speaks(&self, version: u32) -> bool {
-        members_speak(&self.raft, &self.peers, self.id, version).await
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        for (id, node) in membership.membership().nodes() {
+            if *id == self.id {
+                continue;
+            }
+            match self.peers.version_with(&node.addr, VERSION_WAIT).await {
+                Some(v) if v >= version => {}
+                _ => return false,
+            }
+        }
+        self.peers.max_protocol() >= version
     }
 
     /// Whether the leader at `addr` takes batches.
@@ -196,22 +204,6 @@ impl Service {
         })
         .map(ApiResponse::SubmittedBatch))
     }
-}
-
-/// Whether every member but `me` agreed at least `version` on its connection
-/// with this coordinator, and this one offers it too.
-pub(super) async fn members_speak(raft: &Raft, peers: &PeerClient, me: NodeId, version: u32) -> bool {
-    let membership = raft.metrics().borrow().membership_config.clone();
-    for (id, node) in membership.membership().nodes() {
-        if *id == me {
-            continue;
-        }
-        match peers.version_with(&node.addr, VERSION_WAIT).await {
-            Some(v) if v >= version => {}
-            _ => return false,
-        }
-    }
-    peers.max_protocol() >= version
 }
 
 #[cfg(test)]

@@ -23,10 +23,9 @@
 //! one); otherwise the waiting writes go as entries of their own.
 //! Large commands (plans, batches of workloads) go alone.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -52,8 +51,6 @@ pub const GROUP_BUDGET: usize = 256 * 1024;
 pub const ALONE_ABOVE: usize = 16 * 1024;
 /// Writes waiting to be proposed before callers wait to queue.
 const QUEUE: usize = 16 * 1024;
-/// How long an answer about the members' versions is used.
-const SPEAKS_FOR: Duration = Duration::from_secs(1);
 
 type Answer = Result<(u64, CommandResponse), WriteError>;
 
@@ -114,7 +111,7 @@ impl Proposer {
     /// Starts the grouping task for this coordinator's Raft.
     pub fn start(raft: Raft, peers: PeerClient, id: NodeId) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let speaks = Speaks { raft: raft.clone(), peers, id, known: Arc::default() };
+        let speaks = Speaks { raft: raft.clone(), peers, id, last_agreed: Arc::default() };
         let stats = Arc::new(GroupStats::default());
         tokio::spawn(run(raft, speaks, Arc::clone(&stats), rx));
         Proposer { tx, stats }
@@ -185,7 +182,7 @@ async fn run(raft: Raft, speaks: Speaks, stats: Arc<GroupStats>, mut rx: mpsc::R
 
 /// Proposes one entry for `group` and answers each write in it.
 async fn propose(raft: &Raft, speaks: &Speaks, stats: &GroupStats, mut group: Vec<Proposal>) {
-    if group.len() > 1 && !speaks.group_protocol().await {
+    if group.len() > 1 && !speaks.group_protocol() {
         // A member of the previous version: each write its own entry, at once.
         futures::future::join_all(group.into_iter().map(|p| async move {
             let _ = p.reply.send(commit(raft, p.command).await);
@@ -241,27 +238,53 @@ async fn commit(raft: &Raft, command: Command) -> Answer {
     }
 }
 
-/// Whether every member reads groups, asked at most once per [`SPEAKS_FOR`].
+/// Whether every member reads groups. Never waits: it looks at the
+/// version agreed on each member's live connection, and a member not
+/// connected now counts with the version it last agreed with this
+/// coordinator (one never heard from counts as not speaking it). A member
+/// that is down therefore neither stops grouping nor holds writes back,
+/// and one being upgraded (it agreed 4 before it went) keeps groups off
+/// until it is back speaking 5. Only a downgrade (5, then 4 at the same
+/// address) could meet groups it cannot read, and downgrades are not
+/// supported.
 #[derive(Clone)]
 struct Speaks {
     raft: Raft,
     peers: PeerClient,
     id: NodeId,
-    known: Arc<Mutex<Option<(Instant, bool)>>>,
+    last_agreed: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl Speaks {
-    async fn group_protocol(&self) -> bool {
-        let cached = *self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, yes)) = cached {
-            if at.elapsed() < SPEAKS_FOR {
-                return yes;
-            }
+    fn group_protocol(&self) -> bool {
+        if self.peers.max_protocol() < GROUP_PROTOCOL {
+            return false;
         }
-        let yes = super::batch::members_speak(&self.raft, &self.peers, self.id, GROUP_PROTOCOL).await;
-        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), yes));
-        yes
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let others =
+            membership.membership().nodes().filter(|(id, _)| **id != self.id).map(|(_, n)| n.addr.as_str());
+        let mut last = self.last_agreed.lock().unwrap_or_else(|p| p.into_inner());
+        every_member_speaks(others, |addr| self.peers.version_of(addr), &mut last, GROUP_PROTOCOL)
     }
+}
+
+/// Whether every member (by address) speaks `version`: the version `live`
+/// gives for its connection now, else the one it last agreed (kept in
+/// `last`); never heard from, it does not.
+pub fn every_member_speaks<'a>(
+    members: impl Iterator<Item = &'a str>,
+    live: impl Fn(&str) -> Option<u32>,
+    last: &mut HashMap<String, u32>,
+    version: u32,
+) -> bool {
+    let mut every = true;
+    for addr in members {
+        if let Some(v) = live(addr) {
+            last.insert(addr.to_string(), v);
+        }
+        every &= last.get(addr).is_some_and(|v| *v >= version);
+    }
+    every
 }
 
 #[cfg(test)]
@@ -279,6 +302,22 @@ mod tests {
         assert_eq!(group_len(&[100, 100, ALONE_ABOVE + 1, 100]), 2, "and is not joined");
         assert_eq!(group_len(&[usize::MAX]), 1, "one that does not encode goes alone, to be refused");
         assert_eq!(group_len(&[]), 0);
+    }
+
+    #[test]
+    fn members_are_judged_by_their_live_or_last_agreed_version() {
+        let mut last = HashMap::new();
+        let members = || ["a", "b"].into_iter();
+        assert!(every_member_speaks(members(), |_| Some(5), &mut last, 5));
+        // b is down: it last agreed 5, so groups go on.
+        assert!(every_member_speaks(members(), |m| (m == "a").then_some(5), &mut last, 5));
+        // b is back, capped at 4 (an upgrade not finished): no groups.
+        assert!(!every_member_speaks(members(), |m| Some(if m == "a" { 5 } else { 4 }), &mut last, 5));
+        // ... and while it is down again, it still counts as 4.
+        assert!(!every_member_speaks(members(), |m| (m == "a").then_some(5), &mut last, 5));
+        // A member never heard from does not speak it.
+        assert!(!every_member_speaks(["a", "c"].into_iter(), |m| (m == "a").then_some(5), &mut last, 5));
+        assert!(every_member_speaks(std::iter::empty(), |_| None, &mut HashMap::new(), 5), "a single member");
     }
 
     #[test]
