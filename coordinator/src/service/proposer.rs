@@ -78,6 +78,20 @@ pub fn group_len(sizes: &[usize]) -> usize {
     sizes.len()
 }
 
+/// A write's encoded size, to group by. Plans and batches of workloads go
+/// alone whatever their size, without being encoded here (they can be
+/// megabytes, and openraft encodes every entry again anyway).
+pub fn size_for_grouping(command: &Command) -> usize {
+    let inner = match command {
+        Command::Keyed { command, .. } => command,
+        c => c,
+    };
+    match inner {
+        Command::ApplyPlan(_) | Command::SubmitWorkloads { .. } => usize::MAX,
+        _ => gantry_common::schema::encode(command).map_or(usize::MAX, |b| b.len()),
+    }
+}
+
 /// The answer to one write, from the entry's index and the command's response.
 pub fn outcome(index: u64, response: CommandResponse) -> Answer {
     match response {
@@ -125,7 +139,7 @@ impl Proposer {
     /// Commits `command` (leader only), alone or in a group; gives up after
     /// [`COMMIT_TIMEOUT`] with its outcome unknown.
     pub async fn write(&self, command: Command) -> Answer {
-        let bytes = gantry_common::schema::encode(&command).map_or(usize::MAX, |b| b.len());
+        let bytes = size_for_grouping(&command);
         let (reply, answer) = oneshot::channel();
         let wait = async {
             self.tx
@@ -318,6 +332,18 @@ mod tests {
         // A member never heard from does not speak it.
         assert!(!every_member_speaks(["a", "c"].into_iter(), |m| (m == "a").then_some(5), &mut last, 5));
         assert!(every_member_speaks(std::iter::empty(), |_| None, &mut HashMap::new(), 5), "a single member");
+    }
+
+    #[test]
+    fn plans_and_batches_go_alone_unencoded() {
+        let plan = Command::ApplyPlan(crate::state::Plan::default());
+        assert_eq!(group_len(&[100, size_for_grouping(&plan), 100]), 1);
+        let batch =
+            Command::Keyed { key: "k".into(), command: Box::new(Command::SubmitWorkloads { specs: vec![] }) };
+        assert_eq!(size_for_grouping(&batch), usize::MAX);
+        let stop = Command::StopWorkload { name: "llm".into() };
+        let small = size_for_grouping(&stop);
+        assert!(small > 0 && small < ALONE_ABOVE, "{small}");
     }
 
     #[test]
