@@ -195,19 +195,13 @@ async fn run(raft: Raft, speaks: Speaks, stats: Arc<GroupStats>, mut rx: mpsc::R
 }
 
 /// Proposes one entry for `group` and answers each write in it.
-async fn propose(raft: &Raft, speaks: &Speaks, stats: &GroupStats, mut group: Vec<Proposal>) {
-    if group.len() > 1 && !speaks.group_protocol() {
-        // A member of the previous version: each write its own entry, at once.
+async fn propose(raft: &Raft, speaks: &Speaks, stats: &GroupStats, group: Vec<Proposal>) {
+    if group.len() == 1 || !speaks.group_protocol() {
+        // One write, or a member of the previous version: each write its own entry, at once.
         futures::future::join_all(group.into_iter().map(|p| async move {
             let _ = p.reply.send(commit(raft, p.command).await);
         }))
         .await;
-        return;
-    }
-    if group.len() == 1 {
-        if let Some(p) = group.pop() {
-            let _ = p.reply.send(commit(raft, p.command).await);
-        }
         return;
     }
     let (commands, replies): (Vec<Command>, Vec<oneshot::Sender<Answer>>) =
