@@ -10,8 +10,8 @@
 //! mutually authenticated QUIC connection ([`crate::coordinator_requests`]).
 //! Any other path is a 404.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use axum::http::{header, StatusCode};
@@ -20,6 +20,13 @@ use axum::routing::get;
 use axum::Router;
 use gantry_common::http_server;
 use gantry_common::model::GpuTelemetry;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -62,38 +69,125 @@ pub fn exposure_warning(addr: &SocketAddr) -> Option<String> {
     })
 }
 
-async fn metrics(axum::extract::State(status): axum::extract::State<AgentStatus>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&status.snapshot()))
+async fn metrics(
+    axum::extract::State(status): axum::extract::State<AgentStatus>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (kind, body) = gantry_common::exposition::negotiate(accept, render(&status.snapshot()));
+    ([(header::CONTENT_TYPE, kind)], body)
 }
 
-/// A per-GPU gauge: name, help text, and how to read it from a sample.
-type Series = (&'static str, &'static str, fn(&GpuTelemetry) -> f64);
+/// Labels of a per-GPU series: its index and UUID.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GpuLabels {
+    gpu: u32,
+    uuid: String,
+}
 
-/// Prometheus text exposition of one status snapshot.
+/// A GPU's health as an enum gauge: one series per state, 1 for the current one.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    gpu: u32,
+    uuid: String,
+    state: &'static str,
+}
+
+type Gauges<L> = Family<L, Gauge<f64, AtomicU64>>;
+
+/// A per-GPU gauge: name, unit, help text, and how to read it from a sample.
+type Series = (&'static str, Option<Unit>, &'static str, fn(&GpuTelemetry) -> Option<f64>);
+
+/// OpenMetrics text of one status snapshot. Names follow Prometheus
+/// conventions (base units: bytes, seconds, watts, celsius; ratios 0-1),
+/// in the spirit of NVIDIA's dcgm-exporter: utilisation, memory,
+/// temperature, power and health per GPU, labelled with index and UUID.
 pub fn render(s: &StatusInner) -> String {
-    let mut out = String::new();
-    let gauge = |out: &mut String, name: &str, help: &str| {
-        let _ = writeln!(out, "# HELP gantry_agent_{name} {help}\n# TYPE gantry_agent_{name} gauge");
-    };
-    gauge(&mut out, "connected", "1 while registered with the leader");
-    let _ = writeln!(out, "gantry_agent_connected {}", u8::from(s.leader.is_some()));
-    gauge(&mut out, "heartbeats_sent", "Heartbeats acknowledged by the leader since start");
-    let _ = writeln!(out, "gantry_agent_heartbeats_sent {}", s.heartbeats_sent);
-    let series: [Series; 5] = [
-        ("gpu_utilization_pct", "GPU utilisation percent", |t| f64::from(t.utilization_pct)),
-        ("gpu_memory_used_mib", "GPU memory used (MiB)", |t| t.memory_used_mib as f64),
-        ("gpu_temperature_c", "GPU temperature (Celsius)", |t| f64::from(t.temperature_c)),
-        ("gpu_power_w", "GPU power draw (W)", |t| t.power_w),
-        ("gpu_healthy", "1 when the GPU is healthy", |t| f64::from(u8::from(t.health.as_str() == "healthy"))),
+    let mut registry = Registry::with_prefix("gantry_agent");
+    registry.register(
+        "build",
+        "Version of this gantry-agent binary",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+    let connected = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    connected.set(i64::from(s.leader.is_some()));
+    registry.register("connected", "1 while registered with the leader", connected);
+    let heartbeats = Counter::<u64, AtomicU64>::default();
+    heartbeats.inc_by(s.heartbeats_sent);
+    registry.register("heartbeats_sent", "Heartbeats acknowledged by the leader since start", heartbeats);
+    if let Some(host) = &s.host {
+        let cpu = Gauge::<f64, AtomicU64>::default();
+        cpu.set(f64::from(host.cpu_usage_pct) / 100.0);
+        registry.register("host_cpu_utilization_ratio", "Host CPU busy share (0-1)", cpu);
+        let memory = Gauge::<f64, AtomicU64>::default();
+        memory.set(mib(host.memory_used_mib));
+        registry.register_with_unit("host_memory_used", "Host memory in use", Unit::Bytes, memory);
+    }
+    let uuid_of =
+        |index: u32| s.gpus.iter().find(|g| g.index == index).map(|g| g.uuid.clone()).unwrap_or_default();
+    let info = Family::<Vec<(&'static str, String)>, Gauge>::default();
+    let memory_total = Gauges::<GpuLabels>::default();
+    for g in &s.gpus {
+        let labels = vec![
+            ("gpu", g.index.to_string()),
+            ("uuid", g.uuid.clone()),
+            ("model", g.model.clone()),
+            ("mig_mode", format!("{:?}", g.mig_mode).to_lowercase()),
+            ("sharing", g.sharing.as_str().to_owned()),
+        ];
+        info.get_or_create(&labels).set(1);
+        memory_total
+            .get_or_create(&GpuLabels { gpu: g.index, uuid: g.uuid.clone() })
+            .set(mib(g.memory_total_mib));
+    }
+    registry.register("gpu_info", "1 per GPU, with its model, MIG mode and sharing mode as labels", info);
+    registry.register_with_unit("gpu_memory_total", "GPU memory in all", Unit::Bytes, memory_total);
+    let series: [Series; 6] = [
+        (
+            "gpu_utilization_ratio",
+            None,
+            "Share of the last sample period a kernel ran on the GPU (0-1)",
+            |t| Some(f64::from(t.utilization_pct) / 100.0),
+        ),
+        ("gpu_memory_used", Some(Unit::Bytes), "GPU memory in use", |t| Some(mib(t.memory_used_mib))),
+        ("gpu_temperature", Some(Unit::Celsius), "GPU temperature", |t| Some(f64::from(t.temperature_c))),
+        ("gpu_power", Some(Unit::Other("watts".into())), "GPU power draw", |t| Some(t.power_w)),
+        ("gpu_mig_instances", None, "MIG instances that exist on the GPU (0 with MIG off)", |t| {
+            Some(f64::from(t.mig_instances))
+        }),
+        ("gpu_mps_clients", None, "Clients of the GPU's MPS control daemon (absent when none runs)", |t| {
+            t.mps_clients.map(f64::from)
+        }),
     ];
-    for (name, help, value) in series {
-        gauge(&mut out, name, help);
+    for (name, unit, help, value) in series {
+        let family = Gauges::<GpuLabels>::default();
         for t in &s.telemetry {
-            let uuid = s.gpus.iter().find(|g| g.index == t.index).map(|g| g.uuid.as_str()).unwrap_or("");
-            let _ = writeln!(out, "gantry_agent_{name}{{gpu=\"{}\",uuid=\"{uuid}\"}} {}", t.index, value(t));
+            if let Some(v) = value(t) {
+                family.get_or_create(&GpuLabels { gpu: t.index, uuid: uuid_of(t.index) }).set(v);
+            }
+        }
+        match unit {
+            Some(unit) => registry.register_with_unit(name, help, unit, family),
+            None => registry.register(name, help, family),
         }
     }
+    let health = Family::<HealthLabels, Gauge>::default();
+    for t in &s.telemetry {
+        for state in ["healthy", "degraded", "unhealthy"] {
+            let labels = HealthLabels { gpu: t.index, uuid: uuid_of(t.index), state };
+            health.get_or_create(&labels).set(i64::from(t.health.as_str() == state));
+        }
+    }
+    registry.register("gpu_health", "1 for the GPU's current health state, 0 for the others", health);
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &registry);
     out
+}
+
+/// MiB as bytes.
+fn mib(v: u64) -> f64 {
+    (v as f64) * 1024.0 * 1024.0
 }
 
 #[cfg(test)]
@@ -161,11 +255,22 @@ mod tests {
             leader: Some("127.0.0.1:7400".into()),
             heartbeats_sent: 3,
         };
-        let text = render(&s);
-        assert!(text.contains("gantry_agent_connected 1\n"), "{text}");
-        assert!(text.contains("gantry_agent_gpu_utilization_pct{gpu=\"0\",uuid=\"GPU-a\"} 42\n"), "{text}");
-        assert!(text.contains("gantry_agent_gpu_memory_used_mib{gpu=\"0\",uuid=\"GPU-a\"} 512\n"), "{text}");
-        assert!(text.contains("gantry_agent_gpu_healthy{gpu=\"0\",uuid=\"GPU-a\"} 0\n"), "{text}");
-        assert!(text.contains("gantry_agent_heartbeats_sent 3\n"), "{text}");
+        let text = gantry_common::exposition::to_text_format(&render(&s));
+        for line in [
+            "gantry_agent_connected 1",
+            "gantry_agent_gpu_utilization_ratio{gpu=\"0\",uuid=\"GPU-a\"} 0.42",
+            "gantry_agent_gpu_memory_used_bytes{gpu=\"0\",uuid=\"GPU-a\"} 536870912.0",
+            "gantry_agent_gpu_memory_total_bytes{gpu=\"0\",uuid=\"GPU-a\"} 24152899584.0",
+            "gantry_agent_gpu_temperature_celsius{gpu=\"0\",uuid=\"GPU-a\"} 50.0",
+            "gantry_agent_gpu_power_watts{gpu=\"0\",uuid=\"GPU-a\"} 31.5",
+            "gantry_agent_gpu_health{gpu=\"0\",uuid=\"GPU-a\",state=\"unhealthy\"} 1",
+            "gantry_agent_gpu_health{gpu=\"0\",uuid=\"GPU-a\",state=\"healthy\"} 0",
+            "gantry_agent_heartbeats_sent_total 3",
+            "# TYPE gantry_agent_heartbeats_sent_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // No MPS daemon: no series, rather than a made-up 0.
+        assert!(!text.contains("gantry_agent_gpu_mps_clients{"), "{text}");
     }
 }

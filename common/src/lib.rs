@@ -21,6 +21,7 @@
 //! - `http_server` (feature `http-server`): the bounded HTTP accept loop of the daemons' listeners.
 //! - [`cli_docs`]: man pages and shell completions generated from a binary's clap `Command`.
 //! - [`exit`]: how the binaries end on an error (one `error: ...` line, status 1).
+//! - [`exposition`]: `/metrics` in OpenMetrics or the Prometheus text format, by `Accept`.
 //!
 //! Nothing here spawns tasks or binds sockets: the daemons own those.
 
@@ -28,6 +29,7 @@ pub mod api;
 pub mod cli_docs;
 pub mod config;
 pub mod exit;
+pub mod exposition;
 pub mod gpu_spec;
 #[cfg(feature = "http-server")]
 pub mod http_server;

@@ -22,6 +22,9 @@ pub struct CoordinatorConfig {
     pub data_dir: PathBuf,
     /// Unix socket of the admin API (mode 0660, group `gantry` when it exists).
     pub admin_socket: PathBuf,
+    /// TCP address serving `/metrics` and `/healthz` (nothing else) for a
+    /// Prometheus scraper; "" (the default) serves them on the admin socket only.
+    pub metrics_listen: String,
     /// Members that form a new cluster: id → address. Leave empty on a
     /// coordinator that will be added later with `gantryctl cluster add`.
     pub initial_members: BTreeMap<u64, String>,
@@ -87,6 +90,7 @@ impl Default for CoordinatorConfig {
             advertise: None,
             data_dir: PathBuf::from("/var/lib/gantry/coordinator"),
             admin_socket: PathBuf::from("/run/gantry/coordinator.sock"),
+            metrics_listen: String::new(),
             initial_members: BTreeMap::new(),
             node_down_after_secs: 10,
             node_failover_grace_secs: 30,
@@ -183,6 +187,15 @@ impl CoordinatorConfig {
                 ));
             }
         }
+        if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics_listen",
+                format!(
+                    "{:?} is not IP:PORT (or \"\" to serve metrics on the admin socket only)",
+                    self.metrics_listen
+                ),
+            ));
+        }
         if self.advertise_addr().parse::<SocketAddr>().is_err() {
             return Err(invalid("advertise", format!("{:?} is not IP:PORT", self.advertise_addr())));
         }
@@ -242,6 +255,11 @@ mod tests {
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("node_failover_grace_secs") && err.contains("more than a day"), "{err}");
         cfg.node_failover_grace_secs = 0;
+        cfg.validate().unwrap();
+        cfg.metrics_listen = "localhost:9411".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("metrics_listen") && err.contains("not IP:PORT"), "{err}");
+        cfg.metrics_listen = "127.0.0.1:9411".into();
         cfg.validate().unwrap();
     }
 

@@ -38,6 +38,9 @@ struct Cli {
     /// Path of the admin Unix socket.
     #[arg(long)]
     admin_socket: Option<PathBuf>,
+    /// TCP address of /metrics and /healthz for Prometheus ("" serves them on the admin socket only).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// A member of a new cluster as ID=IP:PORT; repeat for each (include this one).
     #[arg(long = "initial-member", value_parser = parse_member)]
     initial_members: Vec<(u64, String)>,
@@ -130,6 +133,9 @@ fn build_config(cli: &Cli) -> anyhow::Result<CoordinatorConfig> {
     }
     if let Some(v) = &cli.admin_socket {
         c.admin_socket = v.clone();
+    }
+    if let Some(v) = &cli.metrics_listen {
+        c.metrics_listen = v.clone();
     }
     if !cli.initial_members.is_empty() {
         c.initial_members = cli.initial_members.iter().cloned().collect();

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::CoordinatorConfig;
+use crate::metrics::instruments::Instruments;
 use crate::metrics::Metrics;
 use crate::peer::client::PeerClient;
 use crate::raft::network::PeerNetworkFactory;
@@ -41,6 +42,8 @@ pub enum StartError {
     Bind { addr: String, reason: String },
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error("metrics_listen {addr}: {reason}")]
+    Metrics { addr: String, reason: String },
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -72,7 +75,11 @@ pub async fn run(
             .map_err(data_dir_error)?;
     }
     let cache = usize::try_from(config.raft.store_cache_mib << 20).unwrap_or(usize::MAX);
-    let (log_store, state_machine) = open_store_with_cache(&config.data_dir.join("raft.redb"), cache)?;
+    let store_path = config.data_dir.join("raft.redb");
+    let instruments = Instruments::default();
+    let (log_store, state_machine) = open_store_with_cache(&store_path, cache)?;
+    let (log_store, state_machine) =
+        (log_store.instrumented(instruments.clone()), state_machine.instrumented(instruments.clone()));
     let state = state_machine.reader();
     // A handle to write the applied state once Raft stopped (clones share it).
     let machine = state_machine.clone();
@@ -122,9 +129,24 @@ pub async fn run(
         admission: Default::default(),
         leader_seen: Default::default(),
         log: log.clone(),
-        proposer: crate::service::proposer::Proposer::start(raft.clone(), peers.clone(), config.id),
+        proposer: crate::service::proposer::Proposer::start(
+            raft.clone(),
+            peers.clone(),
+            config.id,
+            instruments.commit.clone(),
+        ),
+        instruments: instruments.clone(),
     };
     let admin_listener = admin::bind(&config.admin_socket)?;
+    let metrics_listener = if config.metrics_listen.is_empty() {
+        None
+    } else {
+        let addr = config.metrics_listen.clone();
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| StartError::Metrics { addr: addr.clone(), reason: e.to_string() })?;
+        Some(listener)
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(endpoint::serve(endpoint.clone(), service.clone(), stop_rx.clone()));
@@ -145,8 +167,17 @@ pub async fn run(
     ));
     {
         let (service, stop_rx) = (service.clone(), stop_rx.clone());
+        let metrics = Metrics::new(&instruments, Some(store_path));
+        if let Some(listener) = metrics_listener {
+            let (service, metrics, stop_rx) = (service.clone(), metrics.clone(), stop_rx.clone());
+            tasks.spawn(async move {
+                if let Err(e) = crate::metrics::listener::serve(listener, service, metrics, stop_rx).await {
+                    warn!("metrics listener stopped: {e}");
+                }
+            });
+        }
         tasks.spawn(async move {
-            if let Err(e) = admin::serve(admin_listener, service, Metrics::new(), stop_rx).await {
+            if let Err(e) = admin::serve(admin_listener, service, metrics, stop_rx).await {
                 warn!("admin socket stopped: {e}");
             }
         });

@@ -28,6 +28,9 @@ pub struct ProcessEntry {
     pub pid: u32,
     pub admin_socket: Option<PathBuf>,
     pub listen: String,
+    /// Where the process's `/metrics` answers over TCP.
+    #[serde(default)]
+    pub metrics_listen: String,
     pub config: PathBuf,
     pub log: PathBuf,
 }

@@ -30,7 +30,7 @@
 //! | GET    | `/v1/allocs[?workload=NAME]`  | `Allocs`                             |
 //! | GET    | `/v1/allocs/{id}/logs[?follow=true&tail=BYTES]` | the output as text, streamed ([`crate::alloc_logs`]) |
 //! | PUT    | `/v1/nodes/{name}/drain`      | `DrainNode` (`{"drain":true}`)       |
-//! | GET    | `/metrics`                    | Prometheus text                      |
+//! | GET    | `/metrics`                    | Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it |
 //! | GET    | `/healthz`                    | `ok` while the process serves        |
 
 use std::collections::BTreeMap;
@@ -51,6 +51,7 @@ use serde::Deserialize;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
+use crate::metrics::instruments::{observe, AdminRequestLabels};
 use crate::metrics::Metrics;
 use crate::service::Service;
 
@@ -127,7 +128,30 @@ fn router(state: AdminState) -> Router {
         .route("/v1/nodes/{name}/drain", put(drain_node))
         .fallback(body::not_found)
         .method_not_allowed_fallback(body::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record_request))
         .with_state(state)
+}
+
+/// Times every request into `gantry_admin_request_duration_seconds`, by
+/// method, the route it matched (its pattern, or `unmatched`) and status.
+async fn record_request(
+    AxState(s): AxState<AdminState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = match req.method().as_str() {
+        m @ ("GET" | "PUT" | "POST" | "DELETE" | "HEAD" | "PATCH" | "OPTIONS") => m.to_owned(),
+        _ => "other".to_owned(),
+    };
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    let labels = AdminRequestLabels { method, route, status: response.status().as_u16() };
+    observe(&s.service.instruments.admin_requests.get_or_create(&labels), started.elapsed());
+    response
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,11 +363,12 @@ async fn remove_member(
     }
 }
 
-async fn metrics(AxState(s): AxState<AdminState>) -> Response {
+async fn metrics(AxState(s): AxState<AdminState>, headers: axum::http::HeaderMap) -> Response {
     match s.metrics.render(&s.service).await {
         Ok(text) => {
-            ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
-                .into_response()
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let (kind, body) = gantry_common::exposition::negotiate(accept, text);
+            ([(header::CONTENT_TYPE, kind)], body).into_response()
         }
         Err(e) => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}")).into_response(),
     }

@@ -18,18 +18,27 @@ use redb::{Database, Durability, ReadableTable};
 
 use super::redb_io::{blocking, decode, encode, Fault, StorageResult, LOG, META};
 use super::{NodeId, TypeConfig};
+use crate::metrics::instruments::{observe, Instruments};
 
 /// openraft's log storage on redb. Cheap to clone.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Append and fsync latencies (`/metrics`).
+    instruments: Instruments,
 }
 
 impl LogStore {
     /// A log store on an already initialised database; see
     /// [`super::store::open_store`].
     pub(crate) fn new(db: Arc<Database>) -> Self {
-        Self { db }
+        Self { db, instruments: Instruments::default() }
+    }
+
+    /// Records append and fsync latencies into `instruments`' series.
+    pub fn instrumented(mut self, instruments: Instruments) -> Self {
+        self.instruments = instruments;
+        self
     }
 }
 
@@ -117,12 +126,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let encoded = entries
             .into_iter()
             .map(|entry| Ok((entry.get_log_id().index, encode("log entry", &entry)?)))
             .collect::<Result<Vec<_>, Fault>>()
             .map_err(|f| f.io(StorageIOError::write_logs))?;
         let db = Arc::clone(&self.db);
+        let fsync = self.instruments.log_fsync.clone();
         blocking(StorageIOError::write_logs, move || {
             let txn = db.begin_write()?;
             {
@@ -131,10 +142,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     log.insert(index, bytes.as_slice())?;
                 }
             }
+            let committing = std::time::Instant::now();
             txn.commit()?;
+            observe(&fsync, committing.elapsed());
             Ok(())
         })
         .await?;
+        observe(&self.instruments.log_append, started.elapsed());
         // Committed, hence on disk: tell openraft the entries are flushed.
         callback.log_io_completed(Ok(()));
         Ok(())

@@ -39,6 +39,7 @@ use tokio::sync::watch;
 use super::machine_tables::{self, Delta};
 use super::redb_io::{blocking, decode, encode, Fault, StorageResult, MACHINE};
 use super::{NodeId, TypeConfig};
+use crate::metrics::instruments::{observe, Instruments};
 use crate::state::{self, CommandResponse, State};
 
 /// Read handle of the applied state, cheap to clone. std `RwLock`: nothing
@@ -75,6 +76,8 @@ pub struct SnapshotStats {
     bytes: AtomicU64,
     build_micros: AtomicU64,
     built: AtomicU64,
+    /// When the last one was built; a std `Mutex`: nothing awaits under it.
+    built_at: Mutex<Option<Instant>>,
 }
 
 impl SnapshotStats {
@@ -82,6 +85,12 @@ impl SnapshotStats {
         self.bytes.store(bytes as u64, Ordering::Relaxed);
         self.build_micros.store(took.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
         self.built.fetch_add(1, Ordering::Relaxed);
+        *self.built_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// Time since the last snapshot was built here; `None` before the first.
+    pub fn age(&self) -> Option<std::time::Duration> {
+        self.built_at.lock().unwrap_or_else(PoisonError::into_inner).map(|t| t.elapsed())
     }
 
     /// (bytes, build seconds, snapshots built) of the last one; zeros before the first.
@@ -201,6 +210,8 @@ pub struct StateMachineStore {
     /// Held from taking a delta until its transaction commits, so deltas
     /// (and snapshot installs) reach the file in the order they were taken.
     write_order: Arc<Mutex<()>>,
+    /// Apply and write latencies (`/metrics`).
+    instruments: Instruments,
 }
 
 /// Applied entries not yet in the persisted state.
@@ -269,7 +280,14 @@ impl StateMachineStore {
             checkpoint: Arc::new(Mutex::new(Checkpoint { unsaved: 0, last: Instant::now() })),
             checkpoint_entries: CHECKPOINT_ENTRIES,
             write_order: Arc::default(),
+            instruments: Instruments::default(),
         })
+    }
+
+    /// Records apply and write latencies into `instruments`' series.
+    pub fn instrumented(mut self, instruments: Instruments) -> Self {
+        self.instruments = instruments;
+        self
     }
 
     /// Writes the state after every `entries` applied entries (1: after
@@ -301,7 +319,9 @@ impl StateMachineStore {
         let reader = self.reader.clone();
         let checkpoint = Arc::clone(&self.checkpoint);
         let order = Arc::clone(&self.write_order);
+        let took = self.instruments.state_write.clone();
         blocking(StorageIOError::write_state_machine, move || {
+            let started = Instant::now();
             let _order = order.lock().unwrap_or_else(PoisonError::into_inner);
             let delta = {
                 let mut applied = reader.lock_write();
@@ -313,6 +333,7 @@ impl StateMachineStore {
             let txn = db.begin_write()?;
             delta.write(&txn)?;
             txn.commit()?;
+            observe(&took, started.elapsed());
             tracing::trace!(records = delta.records(), "state machine written");
             Ok(())
         })
@@ -339,6 +360,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // views, the planner) wait for it, never for the encoding and the
         // fsync, which run on the blocking pool under a read lock.
         // openraft applies one batch at a time, so nothing writes between.
+        let started = Instant::now();
         let (responses, last_applied, touched) = {
             let mut applied = self.reader.lock_write();
             let mark = applied.state.nodes.change_mark();
@@ -350,6 +372,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if responses.is_empty() {
             return Ok(responses);
         }
+        observe(&self.instruments.apply, started.elapsed());
+        self.instruments.applied_entries.inc_by(responses.len() as u64);
         // The log holds every committed entry, so the state need not be
         // written per batch: a restart replays what came after the last
         // write (openraft re-applies from the state's last applied id up to

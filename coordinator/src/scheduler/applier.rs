@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::live_engine::{Followed, LiveEngine};
 use super::plan::{all_settled, cluster_telemetry, plan_on, Round, Todo};
+use crate::metrics::instruments::observe;
 use crate::service::Service;
 use crate::state::{Command, CommandResponse};
 
@@ -77,6 +78,9 @@ pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
         let planned = match planned {
             Ok((planned, engine, followed)) => {
                 live = engine;
+                if followed.is_some() {
+                    observe(&service.instruments.plan_round, started.elapsed());
+                }
                 if let Some((f, took)) = followed {
                     debug!(
                         nodes_set = f.set,
@@ -109,6 +113,8 @@ pub async fn run(service: Service, mut shutdown: watch::Receiver<bool>) {
         match service.write(Command::ApplyPlan(plan)).await {
             Ok((index, CommandResponse::Plan { placed, refused })) => {
                 service.scheduler_stats.record(placed.len() as u64, refused.len() as u64);
+                service.instruments.plan_placements.observe(placed.len() as f64);
+                service.instruments.plan_refused.observe(refused.len() as f64);
                 info!(
                     index,
                     planned = places,

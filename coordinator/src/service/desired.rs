@@ -75,7 +75,18 @@ impl Service {
         answer: DesiredAnswer,
         send: &mut quinn::SendStream,
     ) -> Result<(), String> {
+        let kind = match &answer {
+            DesiredAnswer::Changed { .. } => "changed",
+            DesiredAnswer::Unchanged { .. } => "unchanged",
+            DesiredAnswer::Other(_) => "other",
+        };
+        let started = Instant::now();
         let result = write_desired(answer, send).await;
+        let label = crate::metrics::instruments::AnswerLabel { answer: kind };
+        crate::metrics::instruments::observe(
+            &self.instruments.alloc_stream_answers.get_or_create(&label),
+            started.elapsed(),
+        );
         let mut telemetry = self.telemetry.lock();
         match &result {
             Ok(()) => {

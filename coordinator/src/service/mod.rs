@@ -71,17 +71,28 @@ pub struct Service {
     pub log: crate::raft::log_store::LogStore,
     /// Every Raft write goes through it (see [`proposer`]).
     pub proposer: proposer::Proposer,
+    /// Latency histograms and counters for `/metrics`.
+    pub instruments: crate::metrics::instruments::Instruments,
 }
 
-/// When a leader was last known; updated by [`LeaderSeen::follow`].
+/// When a leader was last known, and how often the known leader changed;
+/// updated by [`LeaderSeen::follow`].
 #[derive(Clone, Default)]
-pub struct LeaderSeen(Arc<Mutex<Option<Instant>>>);
+pub struct LeaderSeen {
+    at: Arc<Mutex<Option<Instant>>>,
+    changes: Arc<std::sync::atomic::AtomicU64>,
+}
 
 impl LeaderSeen {
     /// Seconds since a leader was last known, `None` if never.
     pub fn seconds_ago(&self, now: Instant) -> Option<f64> {
-        let at = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let at = *self.at.lock().unwrap_or_else(|p| p.into_inner());
         at.map(|t| now.saturating_duration_since(t).as_secs_f64())
+    }
+
+    /// Times this coordinator saw a new leader (the first one it learnt of counts).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Follows Raft's metrics until `shutdown`: while a leader is known, the
@@ -89,9 +100,15 @@ impl LeaderSeen {
     pub async fn follow(self, raft: Raft, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut metrics = raft.metrics();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut last_leader = None;
         loop {
-            if metrics.borrow_and_update().current_leader.is_some() {
-                *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            let leader = metrics.borrow_and_update().current_leader;
+            if leader.is_some() {
+                *self.at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                if leader != last_leader {
+                    self.changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    last_leader = leader;
+                }
             }
             tokio::select! {
                 r = metrics.changed() => if r.is_err() { return },
@@ -107,6 +124,23 @@ impl Service {
     /// proves. [`AgentRequest::WatchDesired`] is answered by the endpoint
     /// through [`Service::watch_desired`], as several frames.
     pub async fn handle_agent(&self, who: &PeerIdentity, req: AgentRequest) -> AgentResponse {
+        let request = match &req {
+            AgentRequest::Register(_) => "register",
+            AgentRequest::Heartbeat(_) => "heartbeat",
+            AgentRequest::WatchDesired { .. } => "watch_desired",
+            AgentRequest::ReportAllocs { .. } => "report_allocs",
+        };
+        let started = Instant::now();
+        let answer = self.answer_agent(who, req).await;
+        let label = crate::metrics::instruments::RequestLabel { request };
+        crate::metrics::instruments::observe(
+            &self.instruments.agent_requests.get_or_create(&label),
+            started.elapsed(),
+        );
+        answer
+    }
+
+    async fn answer_agent(&self, who: &PeerIdentity, req: AgentRequest) -> AgentResponse {
         if let Err(refusal) = self.check_agent(who, &req) {
             return refusal;
         }

@@ -31,9 +31,11 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{WriteError, COMMIT_TIMEOUT};
+use crate::metrics::instruments::observe;
 use crate::peer::client::PeerClient;
 use crate::raft::{NodeId, Raft};
 use crate::state::{Command, CommandResponse};
+use prometheus_client::metrics::histogram::Histogram;
 
 /// First protocol version whose coordinators read [`Command::Group`].
 pub const GROUP_PROTOCOL: u32 = 5;
@@ -123,11 +125,12 @@ impl GroupStats {
 
 impl Proposer {
     /// Starts the grouping task for this coordinator's Raft.
-    pub fn start(raft: Raft, peers: PeerClient, id: NodeId) -> Proposer {
+    /// `commit_seconds` records how long each entry took to commit.
+    pub fn start(raft: Raft, peers: PeerClient, id: NodeId, commit_seconds: Histogram) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let speaks = Speaks { raft: raft.clone(), peers, id, last_agreed: Arc::default() };
         let stats = Arc::new(GroupStats::default());
-        tokio::spawn(run(raft, speaks, Arc::clone(&stats), rx));
+        tokio::spawn(run(raft, speaks, Arc::clone(&stats), commit_seconds, rx));
         Proposer { tx, stats }
     }
 
@@ -162,7 +165,13 @@ fn not_committed() -> WriteError {
     ))
 }
 
-async fn run(raft: Raft, speaks: Speaks, stats: Arc<GroupStats>, mut rx: mpsc::Receiver<Proposal>) {
+async fn run(
+    raft: Raft,
+    speaks: Speaks,
+    stats: Arc<GroupStats>,
+    took: Histogram,
+    mut rx: mpsc::Receiver<Proposal>,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut waiting: VecDeque<Proposal> = VecDeque::new();
     loop {
@@ -186,16 +195,16 @@ async fn run(raft: Raft, speaks: Speaks, stats: Arc<GroupStats>, mut rx: mpsc::R
         }
         let sizes: Vec<usize> = waiting.iter().map(|p| p.bytes).collect();
         let group: Vec<Proposal> = waiting.drain(..group_len(&sizes)).collect();
-        let (raft, speaks, stats) = (raft.clone(), speaks.clone(), Arc::clone(&stats));
+        let (raft, speaks, stats, took) = (raft.clone(), speaks.clone(), Arc::clone(&stats), took.clone());
         tokio::spawn(async move {
-            propose(&raft, &speaks, &stats, group).await;
+            propose(&Committer { raft: &raft, took: &took }, &speaks, &stats, group).await;
             drop(slot);
         });
     }
 }
 
 /// Proposes one entry for `group` and answers each write in it.
-async fn propose(raft: &Raft, speaks: &Speaks, stats: &GroupStats, group: Vec<Proposal>) {
+async fn propose(raft: &Committer<'_>, speaks: &Speaks, stats: &GroupStats, group: Vec<Proposal>) {
     if group.len() == 1 || !speaks.group_protocol() {
         // One write, or a member of the previous version: each write its own entry, at once.
         futures::future::join_all(group.into_iter().map(|p| async move {
@@ -228,14 +237,24 @@ async fn propose(raft: &Raft, speaks: &Speaks, stats: &GroupStats, group: Vec<Pr
     }
 }
 
+/// This coordinator's Raft and where commit latencies go.
+struct Committer<'a> {
+    raft: &'a Raft,
+    took: &'a Histogram,
+}
+
 /// One Raft entry, within [`COMMIT_TIMEOUT`].
-async fn commit(raft: &Raft, command: Command) -> Answer {
-    let written = match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(command)).await {
+async fn commit(committer: &Committer<'_>, command: Command) -> Answer {
+    let started = std::time::Instant::now();
+    let written = match tokio::time::timeout(COMMIT_TIMEOUT, committer.raft.client_write(command)).await {
         Ok(w) => w,
         Err(_) => return Err(not_committed()),
     };
     match written {
-        Ok(resp) => outcome(resp.log_id.index, resp.data),
+        Ok(resp) => {
+            observe(committer.took, started.elapsed());
+            outcome(resp.log_id.index, resp.data)
+        }
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader {
             leader: f
                 .leader_id

@@ -21,6 +21,8 @@ pub struct ProcessPlan {
     pub log: PathBuf,
     pub listen: String,
     pub admin_socket: Option<PathBuf>,
+    /// TCP address of the process's `/metrics` (a Prometheus scrape target).
+    pub metrics_listen: String,
 }
 
 /// Writes the PKI and every config under `dir`; returns the plan of
@@ -57,11 +59,13 @@ pub fn prepare(
         let admin_socket = home.join("admin.sock");
         check_socket_path(&admin_socket)?;
         private(&home, 0o700)?;
+        let metrics = free_tcp()?;
         let config = CoordinatorFile {
             id,
             listen: listen.to_string(),
             data_dir: home.join("data"),
             admin_socket: admin_socket.clone(),
+            metrics_listen: metrics.to_string(),
             initial_members: members.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
             node_down_after_secs: args.node_down_after_secs,
             tls: files,
@@ -75,6 +79,7 @@ pub fn prepare(
             log: home.join("log"),
             listen: listen.to_string(),
             admin_socket: Some(admin_socket),
+            metrics_listen: metrics.to_string(),
         });
     }
     for (i, setup) in (1..).zip(agents) {
@@ -110,6 +115,7 @@ pub fn prepare(
             log: home.join("log"),
             listen: metrics.to_string(),
             admin_socket: None,
+            metrics_listen: metrics.to_string(),
         });
     }
     Ok(plan)
@@ -121,6 +127,7 @@ struct CoordinatorFile {
     listen: String,
     data_dir: PathBuf,
     admin_socket: PathBuf,
+    metrics_listen: String,
     node_down_after_secs: u64,
     initial_members: BTreeMap<String, String>,
     tls: TlsFiles,

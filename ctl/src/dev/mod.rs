@@ -119,6 +119,8 @@ struct ProcessEntry {
     pid: u32,
     admin_socket: Option<PathBuf>,
     listen: String,
+    /// Where Prometheus scrapes the process's `/metrics`.
+    metrics_listen: String,
     config: PathBuf,
     log: PathBuf,
 }
@@ -324,6 +326,7 @@ fn write_files(dir: &Path, running: &[Running], sockets: &[PathBuf]) -> anyhow::
                 pid: r.child.id(),
                 admin_socket: r.plan.admin_socket.clone(),
                 listen: r.plan.listen.clone(),
+                metrics_listen: r.plan.metrics_listen.clone(),
                 config: r.plan.config.clone(),
                 log: r.plan.log.clone(),
             })
